@@ -1,0 +1,172 @@
+"""The ``drpaiq`` command: a click group built by a factory from the plugin host.
+
+Importing this module is cheap: onnx and onnxruntime are imported only inside the
+commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from drpaiq_core import __version__
+from drpaiq_core.errors import UserError
+from drpaiq_core.plugins import PluginHost, get_plugin_host
+
+log = logging.getLogger("drpaiq")
+
+
+@dataclass
+class AppState:
+    """What the group options decided, handed to every sub-command."""
+
+    host: PluginHost
+    reader: str | None = None
+    quiet: bool = False
+    verbose: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _OneLineHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno >= logging.WARNING else "info"
+        if record.levelno >= logging.ERROR:
+            level = "error"
+        click.echo(f"drpaiq: {level}: {record.getMessage()}", err=True)
+
+
+def configure_logging(quiet: bool, verbose: int) -> None:
+    """Warnings always reach stderr; info lines unless ``--quiet``; debug with ``-vv``."""
+    logger = logging.getLogger("drpaiq")
+    logger.handlers[:] = [_OneLineHandler()]
+    logger.propagate = False
+    if quiet:
+        logger.setLevel(logging.WARNING)
+    elif verbose >= 2:
+        logger.setLevel(logging.DEBUG)
+    else:
+        logger.setLevel(logging.INFO)
+
+
+class DrpaiqGroup(click.Group):
+    """A group that turns :class:`UserError` into one line and exit code 2, and
+    Ctrl-C into exit code 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"drpaiq: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("drpaiq: interrupted; no output was written", err=True)
+            ctx.exit(130)
+
+
+def build_cli(host: PluginHost | None = None) -> click.Group:
+    """Build the ``drpaiq`` click group.
+
+    :param host: the plugin host to use; a new one (loading entry points lazily) when
+        omitted. Tests pass a host with their own plugins registered.
+    """
+
+    @click.group(cls=DrpaiqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option(
+        "--reader",
+        metavar="NAME",
+        default=None,
+        help="Data reader plugin for calibration/evaluation (e.g. nchw_image, nhwc_image).",
+    )
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info lines.")
+    @click.option("--verbose", "-v", count=True, help="More detail; repeat for debug output.")
+    @click.version_option(__version__, prog_name="drpaiq")
+    @click.pass_context
+    def cli(ctx: click.Context, reader: str | None, quiet: bool, verbose: int) -> None:
+        """drpaiq: INT8 post-training quantization of ONNX CNNs for INT8-only accelerators."""
+        configure_logging(quiet, verbose)
+        ctx.obj = AppState(host=ctx.obj or host or get_plugin_host(), reader=reader,
+                           quiet=quiet, verbose=verbose)
+
+    @cli.command("plugins")
+    @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+    @click.pass_obj
+    def plugins_command(state: AppState, as_json: bool) -> None:
+        """List installed plugins and what each registers."""
+        state.host.load_all()
+        rows = [
+            {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "registers": {kind: sorted(names) for kind, names in info.registers.items()},
+            }
+            for info in sorted(state.host.plugins.values(), key=lambda i: i.name)
+        ]
+        if as_json:
+            click.echo(json.dumps({"plugins": rows, "broken": state.host.broken}, indent=2))
+            return
+        if not rows:
+            click.echo(
+                "No plugins are installed. The built-ins come in drpaiq-plugins-readers, "
+                "drpaiq-plugins-ops and drpaiq-plugins-calibrators (pip install them)."
+            )
+            return
+        headers = ("plugin", "distribution", "version", "registers")
+        table = [
+            (
+                row["name"],
+                row["distribution"],
+                row["version"],
+                "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
+                or "-",
+            )
+            for row in rows
+        ]
+        widths = [max(len(str(r[i])) for r in [headers, *table]) for i in range(3)]
+        for row in [headers, *table]:
+            click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+
+    from drpaiq_core.cli_evaluate import evaluate_command
+    from drpaiq_core.cli_quantize import quantize_command
+
+    cli.add_command(quantize_command)
+    cli.add_command(evaluate_command)
+
+    _add_plugin_commands(cli, host)
+    return cli
+
+
+def _add_plugin_commands(cli: click.Group, host: PluginHost | None) -> None:
+    # Plugin commands must be known before click parses argv, so only this hook
+    # loads entry points eagerly; plugin modules keep heavy imports inside functions.
+    target = host or get_plugin_host()
+    target.load()
+    before = set(cli.commands)
+    for impl in target.pm.hook.drpaiq_register_commands.get_hookimpls():
+        scratch = click.Group()
+        try:
+            impl.function(scratch)
+        except Exception as exc:
+            log.warning(f"plugin {impl.plugin_name!r} failed to add commands: {exc}")
+            continue
+        for name, command in scratch.commands.items():
+            if name in before or name in cli.commands:
+                log.warning(f"plugin {impl.plugin_name!r} command {name!r} is already taken")
+                continue
+            cli.add_command(command, name)
+    cli.context_settings["obj"] = target
+
+
+def main(argv: list[str] | None = None, prog_name: str = "drpaiq") -> None:
+    """Entry point of the ``drpaiq`` console script."""
+    cli = build_cli()
+    try:
+        cli.main(args=argv, prog_name=prog_name)
+    except KeyboardInterrupt:  # raised outside invoke, e.g. while parsing
+        click.echo("drpaiq: interrupted; no output was written", err=True)
+        sys.exit(130)

@@ -1,0 +1,134 @@
+"""Step 1 of a run: load and validate the FP32 model the user gave.
+
+Every problem with the file becomes one :class:`UserError` line. External data is
+read only from inside the model's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from drpaiq_core.errors import UserError
+from drpaiq_core.plugin_api import InputSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+#: The oldest opset we accept (QuantizeLinear/DequantizeLinear exist from 10 on).
+MIN_OPSET = 10
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset of the default ONNX domain."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations outside ``base_dir`` (absolute paths, ``..``,
+    symlinks that lead out)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    root = base_dir.resolve()
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not location or os.path.isabs(location):
+            raise UserError(
+                f"tensor {tensor.name!r} keeps its data at {location!r}, an absolute or empty "
+                "path; external data must sit in the model's own folder"
+            )
+        target = (root / location).resolve()
+        if root != target and root not in target.parents:
+            raise UserError(
+                f"tensor {tensor.name!r} keeps its data at {location!r}, outside the model's "
+                f"folder {root}; refusing to read it"
+            )
+        if not target.is_file():
+            raise UserError(
+                f"tensor {tensor.name!r}: external data file {target} is missing; keep it "
+                "beside the model"
+            )
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX model (with its external data) and check that it is one we can
+    quantize: it parses, it has inputs, its opset is at least :data:`MIN_OPSET`."""
+    import onnx
+
+    model_path = Path(path)
+    if not model_path.exists():
+        raise UserError(f"model {model_path} does not exist; check the path")
+    if not model_path.is_file():
+        raise UserError(f"model {model_path} is not a file; give the path of a .onnx file")
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(
+            f"model {model_path} is not a readable ONNX file ({type(exc).__name__}); "
+            "re-export it or check that the download/copy is complete"
+        ) from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise UserError(f"model {model_path} has no graph nodes; is it an ONNX model file?")
+    check_external_data(model, model_path.parent)
+    try:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(model_path.parent))
+    except Exception as exc:
+        raise UserError(f"model {model_path}: cannot read its external data: {exc}") from None
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise UserError(
+            f"model {model_path} uses opset {opset}; drpaiq needs opset {MIN_OPSET} or newer "
+            "(re-export with a newer opset, 12 or 13 recommended)"
+        )
+    if not model_inputs(model):
+        raise UserError(f"model {model_path} has no inputs; nothing to calibrate with")
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model {model_path} is not a valid ONNX model: {first}") from None
+    _check_finite_weights(model, model_path)
+    return model
+
+
+def _check_finite_weights(model: onnx.ModelProto, model_path: Path) -> None:
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.data_type not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+            continue
+        values = numpy_helper.to_array(init)
+        if values.size and not np.all(np.isfinite(values)):
+            raise UserError(
+                f"model {model_path}: weight {init.name!r} contains NaN or Inf values; "
+                "the FP32 model itself is broken, re-export or retrain it"
+            )
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs (graph inputs that are not initializers)."""
+    from onnx import helper
+
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dims = tuple(
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tensor_type.shape.dim
+        )
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type or 1))
+        specs.append(InputSpec(value.name, dims, dtype))
+    return specs

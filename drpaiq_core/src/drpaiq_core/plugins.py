@@ -1,0 +1,277 @@
+"""Plugin discovery and the four registries.
+
+Plugins are modules named by entry points of the group ``drpaiq``; the built-in
+distributions use the same group. Nothing is imported until a registry is first
+asked for a name, so ``drpaiq --help`` stays fast.
+
+Environment switches:
+
+``DRPAIQ_PLUGINS``
+    When set, only the named external plugins (entry point names, comma separated)
+    are loaded; set and empty loads no external plugin. Built-in distributions
+    always load unless blocked.
+``DRPAIQ_BLOCK_PLUGINS``
+    Entry point names (or distribution names) never to load, comma separated.
+``DRPAIQ_TRACE_PLUGINS``
+    When set to ``1``, every hook call is traced on stderr.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import pluggy
+
+from drpaiq_core import hookspecs
+from drpaiq_core.errors import PluginError
+from drpaiq_core.plugin_api import Calibrator, ExclusionMatcher, OpQuantizer, Reader
+
+log = logging.getLogger("drpaiq")
+
+ENTRY_POINT_GROUP = "drpaiq"
+ENV_ONLY = "DRPAIQ_PLUGINS"
+ENV_BLOCK = "DRPAIQ_BLOCK_PLUGINS"
+ENV_TRACE = "DRPAIQ_TRACE_PLUGINS"
+
+#: Distributions that ship drpaiq's built-in plugins; they are not "external".
+BUILTIN_DISTRIBUTIONS = frozenset(
+    {"drpaiq-plugins-readers", "drpaiq-plugins-ops", "drpaiq-plugins-calibrators"}
+)
+
+#: Which distribution provides each built-in name, to help a user with only the core.
+BUILTIN_PROVIDERS: dict[str, dict[str, str]] = {
+    "reader": {
+        name: "drpaiq-plugins-readers" for name in ("nchw_image", "nhwc_image", "tvm", "numpy")
+    },
+    "calibrator": {
+        name: "drpaiq-plugins-calibrators" for name in ("minmax", "entropy", "percentile")
+    },
+    "exclusion matcher": {
+        name: "drpaiq-plugins-ops" for name in ("op_type", "node_name", "act_func_pattern")
+    },
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One loaded plugin module and where it came from."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    registers: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered class and the plugin that registered it."""
+
+    name: str
+    cls: type[T]
+    plugin: PluginInfo
+
+
+def _split_env(name: str) -> set[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _entry_points() -> Iterable[Any]:
+    import importlib_metadata
+
+    return importlib_metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+class Registry(Generic[T]):
+    """Named classes of one kind; names match case-insensitively."""
+
+    def __init__(self, kind: str, host: PluginHost, key: Callable[[type[T]], Iterable[str]]):
+        self.kind = kind
+        self._host = host
+        self._key = key
+        self._entries: dict[str, Entry[T]] | None = None
+
+    def _load(self) -> dict[str, Entry[T]]:
+        if self._entries is None:
+            self._entries = self._host._collect(self.kind, self._key)
+        return self._entries
+
+    def entries(self) -> list[Entry[T]]:
+        """Every registered entry, sorted by name (each class once)."""
+        seen: dict[int, Entry[T]] = {}
+        for entry in self._load().values():
+            seen.setdefault(id(entry.cls), entry)
+        return sorted(seen.values(), key=lambda e: e.name)
+
+    def names(self) -> list[str]:
+        """The names users can select."""
+        return sorted(self._load())
+
+    def find(self, name: str) -> type[T] | None:
+        """The class registered under ``name``, or None."""
+        entry = self._load().get(name.lower())
+        return entry.cls if entry else None
+
+    def get(self, name: str) -> type[T]:
+        """The class registered under ``name``; an unknown name is a
+        :class:`PluginError` listing the installed names and the closest match."""
+        cls = self.find(name)
+        if cls is not None:
+            return cls
+        installed = self.names()
+        parts = [f"unknown {self.kind} {name!r}"]
+        close = difflib.get_close_matches(name.lower(), installed, n=1, cutoff=0.5)
+        if close:
+            parts.append(f"did you mean {close[0]!r}?")
+        if installed:
+            parts.append(f"installed: {', '.join(installed)}")
+        else:
+            parts.append(f"no {self.kind} plugins are installed")
+        provider = BUILTIN_PROVIDERS.get(self.kind, {}).get(name.lower())
+        if provider:
+            parts.append(f"{name!r} is provided by {provider}: pip install {provider}")
+        raise PluginError("; ".join(parts))
+
+
+class PluginHost:
+    """The plugin manager plus lazily filled registries.
+
+    Create one with :func:`get_plugin_host`; tests may pass ``load_entry_points=False``
+    and register plugin objects of their own with :meth:`register`.
+    """
+
+    def __init__(self, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager("drpaiq")
+        self.pm.add_hookspecs(hookspecs)
+        self._load_entry_points = load_entry_points
+        self._loaded = False
+        self.plugins: dict[str, PluginInfo] = {}
+        self.broken: list[str] = []
+        if os.environ.get(ENV_TRACE) == "1":
+            self.pm.trace.root.setwriter(lambda text: sys.stderr.write(f"drpaiq trace: {text}"))
+            self.pm.enable_tracing()
+        self.readers: Registry[Reader] = Registry("reader", self, _plugin_names)
+        self.calibrators: Registry[Calibrator] = Registry("calibrator", self, _plugin_names)
+        self.op_quantizers: Registry[OpQuantizer] = Registry(
+            "op quantizer", self, lambda cls: cls.OP_TYPES
+        )
+        self.exclusion_matchers: Registry[ExclusionMatcher] = Registry(
+            "exclusion matcher", self, _plugin_names
+        )
+
+    # -- loading ---------------------------------------------------------------
+
+    def register(self, plugin: object, name: str, distribution: str = "(local)") -> None:
+        """Register a plugin object (module or instance with hook implementations)."""
+        self.pm.register(plugin, name=name)
+        self.plugins[name] = PluginInfo(name, distribution, "", getattr(plugin, "__name__", name))
+
+    def load(self) -> None:
+        """Import every allowed entry point once; broken ones cost one warning each."""
+        if self._loaded:
+            return
+        self._loaded = True
+        if not self._load_entry_points:
+            return
+        only = _split_env(ENV_ONLY)
+        blocked = _split_env(ENV_BLOCK) or set()
+        for ep in sorted(_entry_points(), key=lambda ep: ep.name):
+            dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
+            version = ep.dist.version if ep.dist is not None else ""
+            if ep.name in blocked or dist in blocked:
+                continue
+            if only is not None and dist not in BUILTIN_DISTRIBUTIONS and ep.name not in only:
+                continue
+            if ep.name in self.plugins:
+                continue
+            try:
+                module = ep.load()
+                self.pm.register(module, name=ep.name)
+            except Exception as exc:  # a broken plugin must not take the host down
+                self._broken(ep.name, dist, exc)
+                continue
+            self.plugins[ep.name] = PluginInfo(ep.name, dist, version, ep.value)
+
+    def _broken(self, name: str, dist: str, exc: BaseException) -> None:
+        message = (
+            f"plugin {name!r} from {dist} failed to load and is skipped: "
+            f"{type(exc).__name__}: {exc} (disable it with {ENV_BLOCK}={name})"
+        )
+        self.broken.append(message)
+        log.warning(message)
+
+    def _collect(
+        self, kind: str, key: Callable[[type[T]], Iterable[str]]
+    ) -> dict[str, Entry[T]]:
+        self.load()
+        hook_name = {
+            "reader": "drpaiq_register_readers",
+            "calibrator": "drpaiq_register_calibrators",
+            "op quantizer": "drpaiq_register_op_quantizers",
+            "exclusion matcher": "drpaiq_register_exclusion_matchers",
+        }[kind]
+        caller = getattr(self.pm.hook, hook_name)
+        entries: dict[str, Entry[T]] = {}
+        # Each implementation is called on its own so that one failing plugin
+        # is reported and skipped without losing the others' registrations.
+        for impl in reversed(caller.get_hookimpls()):
+            info = self.plugins.get(impl.plugin_name) or PluginInfo(
+                impl.plugin_name, "(unknown distribution)", "", ""
+            )
+            found: list[type[T]] = []
+            try:
+                impl.function(found.append)
+            except Exception as exc:
+                self._broken(info.name, info.distribution, exc)
+                continue
+            for cls in found:
+                for raw in key(cls):
+                    name = raw.lower()
+                    if name in entries and entries[name].cls is not cls:
+                        other = entries[name]
+                        raise PluginError(
+                            f"{kind} name {raw!r} is registered twice: by "
+                            f"{other.cls.__module__}.{other.cls.__qualname__} "
+                            f"(distribution {other.plugin.distribution}) and by "
+                            f"{cls.__module__}.{cls.__qualname__} (distribution "
+                            f"{info.distribution}); uninstall one or block it with "
+                            f"{ENV_BLOCK}"
+                        )
+                    entries[name] = Entry(name, cls, info)
+                info.registers.setdefault(kind, []).append(getattr(cls, "PLUGIN_NAME", "?"))
+        return entries
+
+    def iter_registry(self) -> Iterator[Registry[Any]]:
+        """The four registries, in a fixed order."""
+        yield self.readers
+        yield self.calibrators
+        yield self.op_quantizers
+        yield self.exclusion_matchers
+
+    def load_all(self) -> None:
+        """Fill every registry (for listings)."""
+        for registry in self.iter_registry():
+            registry.entries()
+
+
+def _plugin_names(cls: type[Any]) -> list[str]:
+    name = getattr(cls, "PLUGIN_NAME", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"{cls.__module__}.{cls.__qualname__} declares no PLUGIN_NAME")
+    return [name, *getattr(cls, "ALIASES", ())]
+
+
+def get_plugin_host(load_entry_points: bool = True) -> PluginHost:
+    """A new plugin host; entry points are imported on first use of a registry."""
+    return PluginHost(load_entry_points=load_entry_points)

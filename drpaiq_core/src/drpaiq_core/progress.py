@@ -1,0 +1,51 @@
+"""Progress on stderr for long work (images calibrated, tensors searched).
+
+tqdm draws the bar (done/total, rate, time left); ``quiet`` silences it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def progress(
+    items: Iterable[T], *, total: int | None, desc: str, unit: str, quiet: bool
+) -> Iterator[T]:
+    """Iterate ``items`` while showing a progress bar on stderr unless ``quiet``."""
+    if quiet:
+        yield from items
+        return
+    from tqdm import tqdm
+
+    with tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True) as bar:
+        yield from bar
+
+
+class Counter:
+    """A manually advanced progress bar (for work counted in samples, not items)."""
+
+    def __init__(self, *, total: int | None, desc: str, unit: str, quiet: bool) -> None:
+        self._bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` more units done."""
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> Counter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

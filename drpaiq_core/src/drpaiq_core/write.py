@@ -1,0 +1,105 @@
+"""The last step of a run: write files atomically.
+
+Every output is written to a temporary file in the destination folder and renamed
+over the target, so an interrupted run leaves either the previous file or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from drpaiq_core.errors import UserError
+
+if TYPE_CHECKING:
+    import onnx
+
+#: Models larger than this are written with their weights in an external data file.
+EXTERNAL_DATA_THRESHOLD = 1_900_000_000
+
+
+def check_output_path(output: Path, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an output that would overwrite an input or whose folder is missing."""
+    if output.exists() and output.is_dir():
+        raise UserError(f"output {output} is a folder; give a file path such as {output}/model_q.onnx")
+    for source in inputs:
+        if source.exists() and output.exists() and os.path.samefile(source, output):
+            raise UserError(
+                f"output {output} is the input model; choose another output path "
+                "(drpaiq never overwrites its input)"
+            )
+        if source.resolve() == output.resolve():
+            raise UserError(f"output {output} is the input model; choose another output path")
+    if not output.parent.resolve().is_dir():
+        raise UserError(f"output folder {output.parent} does not exist; create it first")
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it over ``target``,
+    on any failure (or interrupt) remove it."""
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=str(target.parent)
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text(target: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(target: Path, data: bytes) -> None:
+    """Write a binary file atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_model(model: onnx.ModelProto, target: Path) -> None:
+    """Serialize ``model`` to ``target`` atomically; large models get their weights in
+    ``<target name>.data`` beside it (also written atomically, before the model)."""
+    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        write_bytes(target, model.SerializeToString(deterministic=True))
+        return
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    data_name = f"{target.name}.data"
+    data_target = target.parent / data_name
+    with atomic_path(data_target) as tmp_data:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        convert_model_to_external_data(copy, all_tensors_to_one_file=True, location=tmp_data.name)
+        staging = tmp_data.parent / f".{target.name}.staging.onnx"
+        try:
+            onnx.save_model(copy, str(staging))
+        finally:
+            with contextlib.suppress(OSError):
+                staging.unlink()
+    for tensor in _external_tensors(copy):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = data_name
+    with atomic_path(target) as tmp_model:
+        tmp_model.write_bytes(copy.SerializeToString(deterministic=True))
+
+
+def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            yield tensor

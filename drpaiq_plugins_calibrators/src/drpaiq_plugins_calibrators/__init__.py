@@ -1,0 +1,1 @@
+"""drpaiq's built-in calibrators, registered through the ``drpaiq`` entry-point group."""

@@ -1,0 +1,1 @@
+"""drpaiq's built-in ops, registered through the ``drpaiq`` entry-point group."""

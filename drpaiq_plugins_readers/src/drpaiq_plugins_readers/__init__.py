@@ -1,0 +1,1 @@
+"""drpaiq's built-in readers, registered through the ``drpaiq`` entry-point group."""
