@@ -1,0 +1,174 @@
+"""One quantization run, end to end:
+
+load -> preprocess -> prepare -> select -> calibrate -> plan -> emit -> verify -> write.
+
+Each step is its own module; this one only wires them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from drpaiq_core.config import QuantizeConfig
+from drpaiq_core.errors import UserError
+from drpaiq_core.plugin_api import ExclusionRules, QuantOptions
+from drpaiq_core.plugins import PluginHost, get_plugin_host
+from drpaiq_core.summary import Summary
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger("drpaiq")
+
+
+def quant_options(config: QuantizeConfig) -> QuantOptions:
+    """The op quantizers' view of the user's choices."""
+    if config.activation_type not in ("int8", "uint8"):
+        raise UserError(
+            f"activation type {config.activation_type!r} is not supported; use int8 or uint8"
+        )
+    return QuantOptions(
+        activation_type=config.activation_type,
+        activation_symmetric=config.activation_symmetric,
+        per_channel=config.per_channel,
+        extra=dict(config.options),
+    )
+
+
+def exclusion_rules(config: QuantizeConfig) -> ExclusionRules:
+    """The exclusion matchers' view of the user's rules."""
+    pattern = config.pattern_file
+    if pattern is None and config.options.get("exclude_act_func_dir"):
+        pattern = Path(config.options["exclude_act_func_dir"])
+    return ExclusionRules(
+        op_types=tuple(config.op_types_to_exclude),
+        node_names=tuple(config.nodes_to_exclude),
+        pattern_file=pattern,
+        options=dict(config.options),
+    )
+
+
+def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
+    """Quantize ``config.input_model`` into ``config.output_model``.
+
+    :raises UserError: for any problem with what the user gave; nothing is written then.
+    """
+    from drpaiq_core.calibrate import calibrate
+    from drpaiq_core.datasource import open_reader
+    from drpaiq_core.emit import emit
+    from drpaiq_core.graph import ModelGraph
+    from drpaiq_core.load import default_opset, load_model
+    from drpaiq_core.plan import build_plan
+    from drpaiq_core.prepare import prepare
+    from drpaiq_core.select import select
+    from drpaiq_core.verify import verify
+    from drpaiq_core.write import check_output_path, write_model, write_text
+
+    host = host or get_plugin_host()
+    input_path = Path(config.input_model)
+    output_path = Path(config.output_model)
+    check_output_path(output_path, (input_path,))
+    if config.summary_json is not None:
+        check_output_path(Path(config.summary_json), (input_path, output_path))
+    options = quant_options(config)
+    rules = exclusion_rules(config)
+    calibrator_cls = host.calibrators.get(config.calibrate_method)
+    calibrator_options: dict[str, object] = dict(config.options)
+    if config.debug_dir is not None:
+        calibrator_options["entropy_debug"] = str(config.debug_dir)
+    calibrator = calibrator_cls(calibrator_options)
+    debug_dir = config.debug_dir
+    if debug_dir is None and config.options.get("entropy_debug"):
+        debug_dir = Path(config.options["entropy_debug"])
+    if debug_dir is not None:
+        debug_dir.mkdir(parents=True, exist_ok=True)
+
+    original = load_model(input_path)
+    opset_before = default_opset(original)
+    with tempfile.TemporaryDirectory(prefix="drpaiq-") as workdir_name:
+        workdir = Path(workdir_name)
+        model = _preprocessed(config, input_path, original, workdir)
+        model = prepare(model, per_channel=options.per_channel)
+        model = _with_shapes(model)
+        graph = ModelGraph(model)
+        selection = select(host, graph, rules, options)
+        reader = open_reader(config, host, original, input_path)
+        result = calibrate(
+            model,
+            selection.range_tensors,
+            reader,
+            calibrator,
+            quiet=config.quiet,
+            debug_dir=debug_dir,
+            workdir=workdir,
+        )
+        graph = ModelGraph(model, observed_shapes=result.shapes)
+        plan = build_plan(selection, graph, result.ranges, options)
+        quantized = emit(model, plan)
+        verify(quantized)
+        write_model(quantized, output_path)
+
+    summary = Summary(
+        input_model=input_path,
+        output_model=output_path,
+        calibrate_method=calibrator_cls.PLUGIN_NAME,
+        samples=result.samples,
+        quantized={name: op for name, (op, _) in plan.quantized_nodes.items()},
+        float_nodes={
+            name: (_op_type(model, name), reason) for name, reason in plan.float_nodes.items()
+        },
+        rules={report.rule: list(report.nodes) for _, report in selection.reports},
+        size_before=_file_size(input_path),
+        size_after=_file_size(output_path),
+        opset=(opset_before, default_opset(quantized)),
+    )
+    if summary.opset[1] != summary.opset[0]:
+        summary.notes.append(
+            f"opset raised from {summary.opset[0]} to {summary.opset[1]} for per-channel weights"
+        )
+    if config.summary_json is not None:
+        write_text(Path(config.summary_json), summary.to_json())
+    return summary
+
+
+def _preprocessed(
+    config: QuantizeConfig, input_path: Path, original: onnx.ModelProto, workdir: Path
+) -> onnx.ModelProto:
+    """The model after ONNX Runtime's quantization pre-processing (or as loaded)."""
+    import onnx
+
+    if config.skip_preprocess:
+        return original
+    from drpaiq_core.preprocess import preprocess_model
+
+    target = config.preprocessed_model_output or workdir / "preprocessed.onnx"
+    preprocess_model(Path(input_path), Path(target), mode=config.preprocess_mode)
+    return onnx.load(str(target))
+
+
+def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run ONNX shape inference; on failure go on without (calibration observes shapes)."""
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        log.info(
+            f"shape inference failed ({type(exc).__name__}); continuing with shapes "
+            "observed during calibration"
+        )
+        return model
+
+
+def _op_type(model: onnx.ModelProto, name: str) -> str:
+    return next((node.op_type for node in model.graph.node if node.name == name), "?")
+
+
+def _file_size(path: Path) -> int:
+    with contextlib.suppress(OSError):
+        return path.stat().st_size
+    return 0

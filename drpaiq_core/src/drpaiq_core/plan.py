@@ -1,0 +1,238 @@
+"""Turn a selection plus calibrated ranges into a quantization plan: plain data.
+
+The plan says, for every tensor that will be quantized, its dtype, scale, zero point
+and axis, after the ties op quantizers asked for (shared parameters, shared scale,
+narrowed producers). :mod:`drpaiq_core.emit` turns it into a graph; tests inspect it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drpaiq_core.errors import UserError
+from drpaiq_core.graph import ModelGraph
+from drpaiq_core.plugin_api import QuantOptions, TensorRange
+from drpaiq_core.qparams import (
+    QParams,
+    activation_params,
+    activation_scale,
+    bias_params,
+    weight_params,
+    widen,
+)
+from drpaiq_core.select import Selection
+
+
+@dataclass
+class WeightPlan:
+    """A constant quantized to int8 (weights) or int32 (biases).
+
+    :ivar source: the float constant's name.
+    :ivar params: its quantization parameters.
+    :ivar values: the quantized values.
+    :ivar users: (node name, input index) pairs that read the dequantized value.
+    """
+
+    source: str
+    params: QParams
+    values: np.ndarray
+    users: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class QuantPlan:
+    """The complete plan of one run.
+
+    :ivar activations: tensor -> parameters of its QuantizeLinear/DequantizeLinear pair.
+    :ivar constant_activations: constants quantized with activation parameters (they
+        get a DequantizeLinear only).
+    :ivar constants: quantized weights and biases, keyed by the name of the int tensor.
+    :ivar quantized_nodes: node -> (op type, quantizer that decided).
+    :ivar float_nodes: node -> why it stays float.
+    :ivar ranges: tensor -> calibrated (rmin, rmax) before ties.
+    """
+
+    activations: dict[str, QParams] = field(default_factory=dict)
+    constant_activations: dict[str, np.ndarray] = field(default_factory=dict)
+    constants: dict[str, WeightPlan] = field(default_factory=dict)
+    quantized_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    float_nodes: dict[str, str] = field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "activations": {k: v.to_dict() for k, v in sorted(self.activations.items())},
+            "constants": {
+                k: {"source": w.source, **w.params.to_dict(), "users": w.users}
+                for k, w in sorted(self.constants.items())
+            },
+            "quantized_nodes": {k: list(v) for k, v in self.quantized_nodes.items()},
+            "float_nodes": dict(self.float_nodes),
+            "ranges": {k: list(v) for k, v in sorted(self.ranges.items())},
+        }
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # The lexically smaller root wins so the result does not depend on order.
+            if rb < ra:
+                ra, rb = rb, ra
+            self.parent[rb] = ra
+
+
+def build_plan(
+    selection: Selection,
+    graph: ModelGraph,
+    ranges: dict[str, TensorRange],
+    options: QuantOptions,
+) -> QuantPlan:
+    """Resolve parameters for everything the selection chose."""
+    plan = QuantPlan(float_nodes=dict(selection.float_nodes))
+    dtype = options.activation_type
+    symmetric = options.activation_symmetric
+
+    tensor_range: dict[str, tuple[float, float]] = {}
+    for name, rng in ranges.items():
+        tensor_range[name] = (float(rng.rmin), float(rng.rmax))
+    for name in selection.constant_activations:
+        value = graph.constant(name)
+        assert value is not None
+        arr = np.asarray(value, dtype=np.float32)
+        tensor_range[name] = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        plan.constant_activations[name] = arr
+    for source, target in selection.narrowed.items():
+        if target in tensor_range:
+            tensor_range[source] = tensor_range[target]
+    plan.ranges = dict(tensor_range)
+
+    quantized: list[str] = []
+    for choice in selection.chosen.values():
+        for t in [*choice.activations, *choice.outputs]:
+            if t not in selection.skip_qdq and t not in quantized:
+                quantized.append(t)
+    missing = [t for t in quantized if t not in tensor_range]
+    if missing:
+        raise UserError(
+            f"calibration gave no range for {len(missing)} tensor(s), e.g. {missing[0]!r}; "
+            "the reader produced no data that reaches them"
+        )
+
+    groups = _UnionFind()
+    for t in quantized:
+        groups.find(t)
+    for choice in selection.chosen.values():
+        for group in choice.same_params:
+            members = [t for t in group if t in tensor_range and t not in selection.skip_qdq]
+            for other in members[1:]:
+                groups.union(members[0], other)
+    group_range: dict[str, tuple[float, float]] = {}
+    for t in quantized:
+        root = groups.find(t)
+        lo, hi = widen(*tensor_range[t])
+        if root in group_range:
+            glo, ghi = group_range[root]
+            lo, hi = min(lo, glo), max(hi, ghi)
+        group_range[root] = (lo, hi)
+
+    scale_ties = _UnionFind()
+    for root in group_range:
+        scale_ties.find(root)
+    for choice in selection.chosen.values():
+        for group in choice.same_scale:
+            roots = [groups.find(t) for t in group if t in tensor_range and t in groups.parent]
+            for other in roots[1:]:
+                scale_ties.union(roots[0], other)
+    shared_scale: dict[str, float] = {}
+    for root, (lo, hi) in group_range.items():
+        tie = scale_ties.find(root)
+        scale = activation_scale(lo, hi, dtype, symmetric)
+        shared_scale[tie] = max(shared_scale.get(tie, 0.0), scale)
+    root_params: dict[str, QParams] = {}
+    for root, (lo, hi) in group_range.items():
+        tie = scale_ties.find(root)
+        members = [r for r in group_range if scale_ties.find(r) == tie]
+        forced = shared_scale[tie] if len(members) > 1 else None
+        root_params[root] = activation_params(lo, hi, dtype, symmetric, scale=forced)
+    for t in quantized:
+        plan.activations[t] = root_params[groups.find(t)]
+
+    _plan_constants(plan, selection, graph)
+    for choice in selection.chosen.values():
+        plan.quantized_nodes[choice.node] = (choice.op_type, choice.quantizer)
+    return plan
+
+
+def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) -> None:
+    weight_keys: dict[tuple[str, int | None], str] = {}
+
+    def add_weight(tensor: str, axis: int | None, node: str, index: int) -> WeightPlan:
+        key = (tensor, axis)
+        if key not in weight_keys:
+            value = graph.constant(tensor)
+            assert value is not None
+            if axis is not None and (value.ndim == 0 or not -value.ndim <= axis < value.ndim):
+                axis = None
+            params, q = weight_params(value, axis)
+            name = f"{tensor}_quantized"
+            while name in plan.constants:
+                name += "_"
+            weight_keys[key] = name
+            plan.constants[name] = WeightPlan(tensor, params, q)
+        weight = plan.constants[weight_keys[key]]
+        weight.users.append((node, index))
+        return weight
+
+    def add_bias(tensor: str, node: str, index: int, act: str, weight: WeightPlan) -> None:
+        value = graph.constant(tensor)
+        assert value is not None
+        act_params = plan.activations[act]
+        w_scale = weight.params.scale
+        channels = int(np.asarray(value).size)
+        if w_scale.size not in (1, channels):
+            return  # a bias that does not match the weight's channels stays float
+        params, q = bias_params(value, act_params.scale, w_scale)
+        name = f"{tensor}_quantized"
+        while name in plan.constants:
+            name += "_"
+        plan.constants[name] = WeightPlan(tensor, params, q, [(node, index)])
+
+    for choice in selection.chosen.values():
+        weight_plans: dict[int, WeightPlan] = {}
+        for index, axis in sorted(choice.weights.items()):
+            weight_plans[index] = add_weight(choice.inputs[index], axis, choice.node, index)
+        if choice.bias is not None and choice.bias.weight in weight_plans:
+            act = choice.inputs[choice.bias.activation]
+            if act in plan.activations:
+                add_bias(
+                    choice.inputs[choice.bias.bias],
+                    choice.node,
+                    choice.bias.bias,
+                    act,
+                    weight_plans[choice.bias.weight],
+                )
+    for add_name, (matmul_name, bias_tensor) in selection.fused_adds.items():
+        matmul = selection.chosen[matmul_name]
+        weight_index = next(iter(sorted(matmul.weights)), None)
+        act = next((t for t in matmul.activations if t in plan.activations), None)
+        add_node = graph.node_by_name(add_name)
+        if weight_index is None or act is None or add_node is None:
+            continue
+        weight = next(w for w in plan.constants.values() if (matmul_name, weight_index) in w.users)
+        index = list(add_node.input).index(bias_tensor)
+        add_bias(bias_tensor, add_name, index, act, weight)

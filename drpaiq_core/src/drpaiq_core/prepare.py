@@ -1,0 +1,97 @@
+"""Bring a model into the canonical form the planner expects.
+
+Real exporters differ: some keep weights in Constant nodes, some leave nodes
+unnamed, older ones write opset 11 or 12 where per-channel QDQ needs 13. This step
+irons those out without changing what the model computes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+from onnx import helper, numpy_helper
+
+from drpaiq_core.errors import UserError
+from drpaiq_core.load import default_opset
+
+log = logging.getLogger("drpaiq")
+
+#: DequantizeLinear's ``axis`` (per-channel) needs this opset.
+PER_CHANNEL_OPSET = 13
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed (or duplicate-named) node a stable, unique name
+    ``<OpType>_<index>``, so that rules and reports can name every node."""
+    taken = {node.name for node in model.graph.node if node.name}
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        candidate = f"{node.op_type}_{index}"
+        while candidate in taken or candidate in seen:
+            candidate += "_"
+        node.name = candidate
+        seen.add(candidate)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Turn Constant nodes holding a tensor into initializers (weights held in
+    Constant nodes become quantizable like any other weight). Returns how many."""
+    graph = model.graph
+    keep = []
+    moved = 0
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            value = None
+            if attr.name == "value":
+                value = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                import numpy as np
+
+                value = np.array(helper.get_attribute_value(attr))
+                if attr.name.startswith("value_float"):
+                    value = value.astype(np.float32)
+                else:
+                    value = value.astype(np.int64)
+            if value is not None:
+                graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                moved += 1
+                continue
+        keep.append(node)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> onnx.ModelProto:
+    """Convert the model to ``target`` when its opset is older; the run says so."""
+    current = default_opset(model)
+    if current >= target:
+        return model
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as exc:
+        raise UserError(
+            f"the model's opset {current} could not be converted to {target}, which "
+            f"per-channel quantization needs ({type(exc).__name__}: {str(exc)[:200]}); "
+            "re-export the model with opset 13, or pass --per-tensor"
+        ) from None
+    log.info(f"opset raised from {current} to {target} (per-channel quantization needs it)")
+    return converted
+
+
+def prepare(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelProto:
+    """Canonical form: named nodes, constants as initializers, opset >= 13 when
+    per-channel (>= 10 otherwise)."""
+    if per_channel:
+        model = upgrade_opset(model, PER_CHANNEL_OPSET)
+    constants_to_initializers(model)
+    name_nodes(model)
+    return model

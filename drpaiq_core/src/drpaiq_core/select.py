@@ -1,0 +1,244 @@
+"""Decide what to quantize: exclusion matchers speak first, then op quantizers.
+
+The result is structural (which nodes, which tensors, which ties); the numbers come
+later from calibration and :mod:`drpaiq_core.plan`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import onnx
+
+from drpaiq_core.graph import ModelGraph
+from drpaiq_core.plugin_api import (
+    BiasSpec,
+    ExclusionRules,
+    MatchReport,
+    NodeQuantSpec,
+    QuantOptions,
+    TensorRef,
+)
+from drpaiq_core.plugins import PluginHost
+
+log = logging.getLogger("drpaiq")
+
+
+@dataclass
+class NodeChoice:
+    """One node to quantize, as its op quantizer described it (indices resolved to
+    tensor names, non-float and absent tensors dropped)."""
+
+    node: str
+    op_type: str
+    quantizer: str
+    activations: list[str]
+    weights: dict[int, int | None]
+    bias: BiasSpec | None
+    outputs: list[str]
+    same_params: list[list[str]]
+    same_scale: list[list[str]]
+    narrows_input: bool
+    fused_bias_add: str | None
+    inputs: list[str]
+
+
+@dataclass
+class Selection:
+    """Everything decided before calibration.
+
+    :ivar chosen: nodes to quantize, in graph order.
+    :ivar float_nodes: node name -> why it stays float.
+    :ivar reports: what each exclusion rule matched.
+    :ivar range_tensors: non-constant tensors whose range calibration must measure.
+    :ivar constant_activations: constant tensors quantized like activations.
+    :ivar narrowed: producer output -> the clipping activation output whose range it takes.
+    :ivar skip_qdq: narrowed tensors that get no QuantizeLinear/DequantizeLinear pair.
+    :ivar fused_adds: Add node -> (the MatMul it completes, the bias constant that
+        becomes the MatMul's int32 bias).
+    """
+
+    chosen: dict[str, NodeChoice] = field(default_factory=dict)
+    float_nodes: dict[str, str] = field(default_factory=dict)
+    reports: list[tuple[str, MatchReport]] = field(default_factory=list)
+    range_tensors: list[str] = field(default_factory=list)
+    constant_activations: list[str] = field(default_factory=list)
+    narrowed: dict[str, str] = field(default_factory=dict)
+    skip_qdq: set[str] = field(default_factory=set)
+    fused_adds: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def run_exclusions(
+    host: PluginHost, graph: ModelGraph, rules: ExclusionRules
+) -> tuple[dict[str, str], list[tuple[str, MatchReport]]]:
+    """Run every registered exclusion matcher; node name -> the first rule naming it."""
+    excluded: dict[str, str] = {}
+    reports: list[tuple[str, MatchReport]] = []
+    for entry in host.exclusion_matchers.entries():
+        matcher = entry.cls()
+        for report in matcher.match(graph, rules):
+            reports.append((entry.name, report))
+            if not report.nodes:
+                log.warning(f"exclusion rule {report.rule} matched no node")
+            else:
+                log.info(f"exclusion rule {report.rule} matched {len(report.nodes)} node(s)")
+            for name in report.nodes:
+                excluded.setdefault(name, f"excluded by {report.rule}")
+    return excluded, reports
+
+
+def _resolve(node: onnx.NodeProto, ref: TensorRef) -> str:
+    kind, index = ref
+    names = node.input if kind == "in" else node.output
+    return names[index] if index < len(names) else ""
+
+
+def select(
+    host: PluginHost, graph: ModelGraph, rules: ExclusionRules, options: QuantOptions
+) -> Selection:
+    """Apply exclusions and ask op quantizers about every remaining node."""
+    selection = Selection()
+    excluded, selection.reports = run_exclusions(host, graph, rules)
+    for node in graph.nodes:
+        if node.name in excluded:
+            selection.float_nodes[node.name] = excluded[node.name]
+            continue
+        if node.domain not in ("", "ai.onnx"):
+            selection.float_nodes[node.name] = f"custom domain {node.domain!r}"
+            continue
+        quantizer_cls = host.op_quantizers.find(node.op_type)
+        if quantizer_cls is None:
+            selection.float_nodes[node.name] = f"no op quantizer for {node.op_type}"
+            continue
+        spec = quantizer_cls().quantize_node(node, graph, options)
+        if spec is None:
+            selection.float_nodes[node.name] = f"{quantizer_cls.PLUGIN_NAME} left it in float"
+            continue
+        choice = _choice(node, graph, spec, quantizer_cls.PLUGIN_NAME)
+        if choice is None:
+            selection.float_nodes[node.name] = "no float tensor to quantize"
+            continue
+        selection.chosen[node.name] = choice
+    _fuse_bias_adds(graph, selection)
+    _narrow_activations(graph, selection, options)
+    _collect_tensors(graph, selection)
+    return selection
+
+
+def _choice(
+    node: onnx.NodeProto, graph: ModelGraph, spec: NodeQuantSpec, quantizer: str
+) -> NodeChoice | None:
+    def usable(name: str) -> bool:
+        return bool(name) and graph.is_float(name)
+
+    weights = {
+        i: axis
+        for i, axis in spec.weights.items()
+        if i < len(node.input) and usable(node.input[i]) and graph.is_constant_name(node.input[i])
+    }
+    activations = [
+        node.input[i] for i in spec.activations if i < len(node.input) and usable(node.input[i])
+    ]
+    # A "weight" that is not constant (MatMul of two activations) is an activation.
+    for i in spec.weights:
+        if i < len(node.input) and usable(node.input[i]) and i not in weights:
+            activations.append(node.input[i])
+    bias = spec.bias
+    if bias is not None and (
+        bias.bias >= len(node.input)
+        or not node.input[bias.bias]
+        or not graph.is_constant_name(node.input[bias.bias])
+        or bias.weight not in weights
+        or node.input[bias.activation] not in activations
+    ):
+        bias = None
+    outputs = [node.output[i] for i in spec.outputs if i < len(node.output) and usable(node.output[i])]
+    if not (activations or weights or outputs):
+        return None
+    groups = [
+        [t for t in (_resolve(node, ref) for ref in group) if usable(t)] for group in spec.same_params
+    ]
+    scale_groups = [
+        [t for t in (_resolve(node, ref) for ref in group) if usable(t)] for group in spec.same_scale
+    ]
+    return NodeChoice(
+        node=node.name,
+        op_type=node.op_type,
+        quantizer=quantizer,
+        activations=list(dict.fromkeys(activations)),
+        weights=weights,
+        bias=bias,
+        outputs=outputs,
+        same_params=[g for g in groups if len(g) > 1],
+        same_scale=[g for g in scale_groups if len(g) > 1],
+        narrows_input=spec.narrows_input,
+        fused_bias_add=spec.fused_bias_add,
+        inputs=list(node.input),
+    )
+
+
+def _fuse_bias_adds(graph: ModelGraph, selection: Selection) -> None:
+    """MatMul + Add(constant): the Add's constant becomes the MatMul's int32 bias; the
+    MatMul's output gets no QDQ and the Add's output is quantized instead."""
+    for choice in list(selection.chosen.values()):
+        add_name = choice.fused_bias_add
+        if not add_name or add_name not in selection.chosen:
+            choice.fused_bias_add = None
+            continue
+        add = graph.node_by_name(add_name)
+        if add is None:
+            choice.fused_bias_add = None
+            continue
+        matmul_out = choice.outputs[0] if choice.outputs else None
+        bias_name = next((t for t in add.input if t != matmul_out), None)
+        if matmul_out is None or bias_name is None or not graph.is_constant_name(bias_name):
+            choice.fused_bias_add = None
+            continue
+        add_choice = selection.chosen[add_name]
+        selection.fused_adds[add_name] = (choice.node, bias_name)
+        add_choice.activations = []
+        add_choice.same_scale = []
+        add_choice.same_params = []
+        add_choice.quantizer = f"{choice.quantizer} (BiasAdd)"
+        choice.outputs = []
+
+
+def _narrow_activations(graph: ModelGraph, selection: Selection, options: QuantOptions) -> None:
+    for choice in selection.chosen.values():
+        if not choice.narrows_input or not choice.inputs or not choice.outputs:
+            continue
+        source = choice.inputs[0]
+        producer = graph.producer(source)
+        if producer is None or producer.name not in selection.chosen:
+            continue
+        producer_choice = selection.chosen[producer.name]
+        fused_into = producer.name in selection.fused_adds
+        if source not in producer_choice.outputs and not fused_into:
+            continue
+        if len(graph.consumers(source)) != 1 or graph.is_graph_output(source):
+            continue
+        selection.narrowed[source] = choice.outputs[0]
+        if not options.activation_symmetric:
+            # ONNX Runtime folds Relu/Clip into the following QuantizeLinear when its
+            # zero point sits at the bottom of the range, so the producer fuses into an
+            # integer kernel without a QDQ pair of its own.
+            selection.skip_qdq.add(source)
+            if source in producer_choice.outputs:
+                producer_choice.outputs.remove(source)
+            choice.activations = [t for t in choice.activations if t != source]
+            choice.same_params = [[t for t in g if t != source] for g in choice.same_params]
+            choice.same_params = [g for g in choice.same_params if len(g) > 1]
+
+
+def _collect_tensors(graph: ModelGraph, selection: Selection) -> None:
+    needed: dict[str, None] = {}
+    constants: dict[str, None] = {}
+    for choice in selection.chosen.values():
+        for tensor in [*choice.activations, *choice.outputs]:
+            if graph.is_constant_name(tensor):
+                constants[tensor] = None
+            elif tensor not in selection.skip_qdq:
+                needed[tensor] = None
+    selection.range_tensors = list(needed)
+    selection.constant_activations = list(constants)

@@ -1,0 +1,82 @@
+"""What a run did, for people (a table) and for tools (JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Summary:
+    """The result of one quantization run.
+
+    :ivar input_model: the FP32 model.
+    :ivar output_model: the INT8 model written.
+    :ivar calibrate_method: the calibrator used.
+    :ivar samples: calibration samples seen.
+    :ivar quantized: node name -> op type, for quantized nodes.
+    :ivar float_nodes: node name -> (op type, why it stays float).
+    :ivar rules: exclusion rule -> nodes it matched.
+    :ivar size_before: FP32 file size in bytes.
+    :ivar size_after: INT8 file size in bytes.
+    :ivar opset: (before, after).
+    :ivar notes: other remarks of the run.
+    """
+
+    input_model: Path
+    output_model: Path
+    calibrate_method: str
+    samples: int = 0
+    quantized: dict[str, str] = field(default_factory=dict)
+    float_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    rules: dict[str, list[str]] = field(default_factory=dict)
+    size_before: int = 0
+    size_after: int = 0
+    opset: tuple[int, int] = (0, 0)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "input_model": str(self.input_model),
+            "output_model": str(self.output_model),
+            "calibrate_method": self.calibrate_method,
+            "samples": self.samples,
+            "quantized_by_op_type": dict(sorted(Counter(self.quantized.values()).items())),
+            "quantized_nodes": self.quantized,
+            "float_nodes": {k: {"op_type": v[0], "reason": v[1]} for k, v in self.float_nodes.items()},
+            "exclusion_rules": self.rules,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "size_ratio": round(self.size_after / self.size_before, 4) if self.size_before else None,
+            "opset": list(self.opset),
+            "notes": self.notes,
+        }
+
+    def to_json(self) -> str:
+        """The summary as a JSON document."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def to_text(self) -> str:
+        """A short human-readable report."""
+        lines = [f"wrote {self.output_model} ({self.calibrate_method}, {self.samples} samples)"]
+        counts = Counter(self.quantized.values())
+        lines.append(
+            f"quantized {len(self.quantized)} node(s): "
+            + ", ".join(f"{op} {n}" for op, n in sorted(counts.items()))
+        )
+        if self.float_nodes:
+            lines.append(f"left in float {len(self.float_nodes)} node(s):")
+            for name, (op, reason) in self.float_nodes.items():
+                lines.append(f"  {name} ({op}): {reason}")
+        for rule, nodes in self.rules.items():
+            lines.append(f"rule {rule}: {len(nodes)} node(s)")
+        ratio = self.size_after / self.size_before if self.size_before else 0.0
+        lines.append(
+            f"size {self.size_before:,} -> {self.size_after:,} bytes ({ratio:.2f}x)"
+        )
+        lines.extend(self.notes)
+        return "\n".join(lines)

@@ -1,0 +1,259 @@
+"""Built-in op quantizers: what each common CNN op needs to run in INT8.
+
+Each class answers with a :class:`~drpaiq_core.plugin_api.NodeQuantSpec`; none of
+them touches the graph. The choices follow what INT8 accelerators and ONNX Runtime's
+integer kernels expect:
+
+* compute ops (Conv, Gemm, MatMul) take int8 activations and per-channel int8
+  weights, with an int32 bias whose scale is input scale x weight scale;
+* Add (and Sub) inputs share one scale so INT8 values add directly;
+* Concat inputs share the output's scale and zero point, so it is a pure copy;
+* data-movement ops (Reshape, Transpose, MaxPool, ...) keep their input's
+  parameters: no requantization;
+* Relu and Clip right after a compute op narrow that op's output range instead of
+  adding a second QuantizeLinear/DequantizeLinear pair.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from drpaiq_core.plugin_api import BiasSpec, GraphView, NodeQuantSpec, OpQuantizer, QuantOptions
+
+if TYPE_CHECKING:
+    import onnx
+
+IN0: tuple[str, int] = ("in", 0)
+OUT0: tuple[str, int] = ("out", 0)
+
+
+class ConvQuantizer(OpQuantizer):
+    """Conv: activation input 0, weight per output channel (axis 0), int32 bias."""
+
+    PLUGIN_NAME = "conv"
+    DESCRIPTION = "Conv with per-output-channel int8 weights and int32 bias"
+    OP_TYPES = ("Conv",)
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        axis = 0 if options.per_channel else None
+        bias = BiasSpec(bias=2, activation=0, weight=1) if len(node.input) > 2 else None
+        return NodeQuantSpec(activations=(0,), weights={1: axis}, bias=bias, outputs=(0,))
+
+
+class ConvTransposeQuantizer(OpQuantizer):
+    """ConvTranspose: weight [C_in, C_out/group, ...], per output channel (axis 1)."""
+
+    PLUGIN_NAME = "conv_transpose"
+    DESCRIPTION = "ConvTranspose with per-output-channel int8 weights and int32 bias"
+    OP_TYPES = ("ConvTranspose",)
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        group = graph.attribute(node, "group", 1)
+        # With groups the output channels are not one axis of the weight: per tensor.
+        axis = 1 if options.per_channel and group == 1 else None
+        bias = BiasSpec(bias=2, activation=0, weight=1) if len(node.input) > 2 else None
+        return NodeQuantSpec(activations=(0,), weights={1: axis}, bias=bias, outputs=(0,))
+
+
+class GemmQuantizer(OpQuantizer):
+    """Gemm (a fully connected layer): weight per output feature, int32 bias."""
+
+    PLUGIN_NAME = "gemm"
+    DESCRIPTION = "Gemm with per-output-feature int8 weights and int32 bias"
+    OP_TYPES = ("Gemm",)
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        if graph.attribute(node, "transA", 0):
+            return None
+        if graph.constant(node.input[1]) is None:
+            return NodeQuantSpec(activations=(0, 1), outputs=(0,))
+        axis = (0 if graph.attribute(node, "transB", 0) else 1) if options.per_channel else None
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            value = graph.constant(node.input[2])
+            alpha = graph.attribute(node, "alpha", 1.0)
+            beta = graph.attribute(node, "beta", 1.0)
+            # The int32 bias is added at input x weight scale: only valid for alpha=beta=1
+            # and a 1-D bias (one value per output feature).
+            if value is not None and value.ndim == 1 and alpha == 1.0 and beta == 1.0:
+                bias = BiasSpec(bias=2, activation=0, weight=1)
+        return NodeQuantSpec(activations=(0,), weights={1: axis}, bias=bias, outputs=(0,))
+
+
+class MatMulQuantizer(OpQuantizer):
+    """MatMul: a constant right-hand side is a weight per output feature (last axis);
+    an ``Add`` of a constant right after it is the layer's bias (Keras BiasAdd)."""
+
+    PLUGIN_NAME = "matmul"
+    DESCRIPTION = "MatMul (+ BiasAdd as int32 bias) with per-output-feature int8 weights"
+    OP_TYPES = ("MatMul",)
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        weight = graph.constant(node.input[1])
+        if weight is None:
+            return NodeQuantSpec(activations=(0, 1), outputs=(0,))
+        if weight.ndim != 2:
+            return NodeQuantSpec(activations=(0,), weights={1: None}, outputs=(0,))
+        axis = 1 if options.per_channel else None
+        return NodeQuantSpec(
+            activations=(0,),
+            weights={1: axis},
+            outputs=(0,),
+            fused_bias_add=_bias_add(node, graph, weight.shape[1]),
+        )
+
+
+def _bias_add(node: onnx.NodeProto, graph: GraphView, features: int) -> str | None:
+    out = node.output[0]
+    consumers = graph.consumers(out)
+    if len(consumers) != 1 or graph.is_graph_output(out):
+        return None
+    add = consumers[0]
+    if add.op_type != "Add":
+        return None
+    other = add.input[1] if add.input[0] == out else add.input[0]
+    value = graph.constant(other)
+    if value is None or value.size != features or value.shape[-1:] != (features,):
+        return None
+    return add.name
+
+
+class AddQuantizer(OpQuantizer):
+    """Add and Sub: both inputs share one scale so INT8 values combine directly."""
+
+    PLUGIN_NAME = "add"
+    DESCRIPTION = "Add/Sub with inputs sharing one scale"
+    OP_TYPES = ("Add", "Sub")
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        return NodeQuantSpec(
+            activations=(0, 1), outputs=(0,), same_scale=((("in", 0), ("in", 1)),)
+        )
+
+
+class ElementwiseQuantizer(OpQuantizer):
+    """Ops whose inputs and output each get their own parameters."""
+
+    PLUGIN_NAME = "elementwise"
+    DESCRIPTION = "Mul, pooling that averages, Sigmoid, Tanh, Softmax, ...: own parameters"
+    OP_TYPES = (
+        "Mul",
+        "AveragePool",
+        "GlobalAveragePool",
+        "LeakyRelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Softmax",
+    )
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        inputs = tuple(range(min(len(node.input), 2)))
+        return NodeQuantSpec(activations=inputs, outputs=(0,))
+
+
+class ClippingActivationQuantizer(OpQuantizer):
+    """Relu and Clip: folded into the producer's range when they follow a compute op;
+    otherwise the output keeps the input's parameters."""
+
+    PLUGIN_NAME = "relu_clip"
+    DESCRIPTION = "Relu/Clip narrowing the producer's range"
+    OP_TYPES = ("Relu", "Clip")
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        return NodeQuantSpec(
+            activations=(0,), outputs=(0,), same_params=((IN0, OUT0),), narrows_input=True
+        )
+
+
+class ConcatQuantizer(OpQuantizer):
+    """Concat: every input shares the output's scale and zero point (a pure copy)."""
+
+    PLUGIN_NAME = "concat"
+    DESCRIPTION = "Concat with inputs sharing the output's parameters"
+    OP_TYPES = ("Concat",)
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        n = len(node.input)
+        group = tuple(("in", i) for i in range(n)) + (OUT0,)
+        return NodeQuantSpec(activations=tuple(range(n)), outputs=(0,), same_params=(group,))
+
+
+class PassThroughQuantizer(OpQuantizer):
+    """Data-movement ops: the output keeps the input's parameters (no requantization).
+    MaxPool and Transpose are quantized also as the first or last layer."""
+
+    PLUGIN_NAME = "pass_through"
+    DESCRIPTION = "Reshape/Transpose/MaxPool/Resize/...: output keeps the input's parameters"
+    OP_TYPES: ClassVar[tuple[str, ...]] = (
+        "MaxPool",
+        "GlobalMaxPool",
+        "Resize",
+        "Upsample",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Slice",
+        "Pad",
+        "Identity",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Gather",
+    )
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        if node.op_type == "Pad" and graph.attribute(node, "mode", "constant") == "constant":
+            value = graph.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            if value is not None and value.size and float(value.reshape(-1)[0]) != 0.0:
+                return None  # a non-zero pad value would widen the range: keep it float
+        return NodeQuantSpec(activations=(0,), outputs=(0,), same_params=((IN0, OUT0),))
+
+
+class SplitQuantizer(OpQuantizer):
+    """Split: every output keeps the input's parameters."""
+
+    PLUGIN_NAME = "split"
+    DESCRIPTION = "Split: outputs keep the input's parameters"
+    OP_TYPES = ("Split",)
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        outs = tuple(range(len(node.output)))
+        group = (IN0, *(("out", i) for i in outs))
+        return NodeQuantSpec(activations=(0,), outputs=outs, same_params=(group,))
+
+
+OP_QUANTIZERS = (
+    ConvQuantizer,
+    ConvTransposeQuantizer,
+    GemmQuantizer,
+    MatMulQuantizer,
+    AddQuantizer,
+    ElementwiseQuantizer,
+    ClippingActivationQuantizer,
+    ConcatQuantizer,
+    PassThroughQuantizer,
+    SplitQuantizer,
+)
