@@ -125,6 +125,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         size_before=_file_size(input_path),
         size_after=_file_size(output_path),
         opset=(opset_before, default_opset(quantized)),
+        plan=plan,
     )
     if summary.opset[1] != summary.opset[0]:
         summary.notes.append(

@@ -87,11 +87,69 @@ def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> on
     return converted
 
 
+def fold_batch_norms(model: onnx.ModelProto) -> int:
+    """Fold inference-mode BatchNormalization into the Conv that feeds it (when the
+    Conv's output feeds only that BatchNormalization and every parameter is
+    constant), so the pair quantizes as one Conv with one int32 bias. Returns how
+    many were folded."""
+    import numpy as np
+
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    producer = {out: node for node in graph.node for out in node.output}
+    removed: list[onnx.NodeProto] = []
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or consumers.get(bn.input[0]) != 1:
+            continue
+        if bn.input[0] in outputs or any(name not in inits for name in bn.input[1:]):
+            continue
+        if conv.input[1] not in inits or (len(conv.input) > 2 and conv.input[2] not in inits):
+            continue
+        if consumers.get(conv.input[1], 0) != 1:
+            continue  # a shared weight cannot be rescaled for one user only
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:])
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        bias = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2 and conv.input[2]
+            else np.zeros(weight.shape[0])
+        )
+        factor = gamma / np.sqrt(var + eps)
+        new_weight = weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
+        new_bias = (bias - mean) * factor + beta
+        inits[conv.input[1]].CopyFrom(
+            numpy_helper.from_array(new_weight.astype(np.float32), conv.input[1])
+        )
+        bias_name = f"{conv.name}_folded_bias"
+        graph.initializer.append(numpy_helper.from_array(new_bias.astype(np.float32), bias_name))
+        if len(conv.input) > 2:
+            conv.input[2] = bias_name
+        else:
+            conv.input.append(bias_name)
+        conv.output[0] = bn.output[0]
+        removed.append(bn)
+    for bn in removed:
+        graph.node.remove(bn)
+    if removed:
+        log.info(f"folded {len(removed)} BatchNormalization node(s) into their Conv")
+    return len(removed)
+
+
 def prepare(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelProto:
-    """Canonical form: named nodes, constants as initializers, opset >= 13 when
-    per-channel (>= 10 otherwise)."""
+    """Canonical form: named nodes, constants as initializers, BatchNormalization
+    folded into Conv, opset >= 13 when per-channel (>= 10 otherwise)."""
     if per_channel:
         model = upgrade_opset(model, PER_CHANNEL_OPSET)
     constants_to_initializers(model)
+    fold_batch_norms(model)
     name_nodes(model)
     return model

@@ -24,6 +24,7 @@ class Summary:
     :ivar size_after: INT8 file size in bytes.
     :ivar opset: (before, after).
     :ivar notes: other remarks of the run.
+    :ivar plan: the :class:`~drpaiq_core.plan.QuantPlan` that was applied.
     """
 
     input_model: Path
@@ -37,6 +38,7 @@ class Summary:
     size_after: int = 0
     opset: tuple[int, int] = (0, 0)
     notes: list[str] = field(default_factory=list)
+    plan: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -54,6 +56,7 @@ class Summary:
             "size_ratio": round(self.size_after / self.size_before, 4) if self.size_before else None,
             "opset": list(self.opset),
             "notes": self.notes,
+            "plan": self.plan.to_dict() if self.plan is not None else None,
         }
 
     def to_json(self) -> str:
