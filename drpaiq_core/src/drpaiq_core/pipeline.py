@@ -152,16 +152,21 @@ def _preprocessed(
 
 
 def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run ONNX shape inference; on failure go on without (calibration observes shapes)."""
+    """Run ONNX shape inference; where it fails, go on with what it could infer
+    (calibration observes the remaining shapes) and say so."""
     import onnx
 
     try:
-        return onnx.shape_inference.infer_shapes(model)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         log.info(
-            f"shape inference failed ({type(exc).__name__}); continuing with shapes "
-            "observed during calibration"
+            f"shape inference failed ({type(exc).__name__}: {first}); continuing with "
+            "shapes observed during calibration"
         )
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:
         return model
 
 

@@ -136,9 +136,23 @@ class AddQuantizer(OpQuantizer):
     def quantize_node(
         self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
     ) -> NodeQuantSpec | None:
+        if _is_epsilon_add(node, graph):
+            return None
         return NodeQuantSpec(
             activations=(0, 1), outputs=(0,), same_scale=((("in", 0), ("in", 1)),)
         )
+
+
+def _is_epsilon_add(node: onnx.NodeProto, graph: GraphView) -> bool:
+    """``variance + epsilon`` ahead of Sqrt/Reciprocal/Div in a normalization: in INT8
+    the epsilon vanishes and small variances blow up the division, so it stays float."""
+    if node.op_type != "Add":
+        return False
+    scalars = [graph.constant(name) for name in node.input]
+    if not any(value is not None and value.size == 1 for value in scalars):
+        return False
+    consumers = graph.consumers(node.output[0])
+    return bool(consumers) and all(c.op_type in ("Sqrt", "Reciprocal", "Div") for c in consumers)
 
 
 class ElementwiseQuantizer(OpQuantizer):

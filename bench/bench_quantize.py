@@ -1,0 +1,206 @@
+"""drpaiq vs ONNX Runtime's quantize_static on the shipped samples, in one run.
+
+For each sample model and calibration method it quantizes with drpaiq and with
+ONNX Runtime (QDQ, per-channel, QInt8 activations and weights, the same method and
+the same calibration images), then prints one table: FP32 top-1, each INT8 top-1,
+each quantize wall time, and each INT8 model's ONNX Runtime CPU inference time.
+
+    python bench/bench_quantize.py                 # MinMax and Entropy on modA and modB
+    python bench/bench_quantize.py --methods MinMax --test-limit 500
+
+Targets (issue 3): drpaiq's top-1 drop <= ONNX Runtime's and <= 0.5 points on each
+sample; drpaiq INT8 inference time <= 1.1x ONNX Runtime's INT8 model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    model: Path
+    reader: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def samples() -> list[Sample]:
+    metrics = json.loads((SAMPLES / "metrics.json").read_text())
+    found = []
+    for key, reader in (("modA", "nchw_image"), ("modB", "nhwc_image")):
+        entry = metrics[key]
+        found.append(
+            Sample(
+                key,
+                SAMPLES / entry["file"],
+                reader,
+                tuple(entry["norm_mean"]),
+                tuple(entry["norm_std"]),
+            )
+        )
+    return found
+
+
+def open_reader(sample: Sample, dataset: Path, labeled: bool, batch: int, limit: int = 0):  # type: ignore[no-untyped-def]
+    import onnx
+
+    from drpaiq_core.load import model_inputs
+    from drpaiq_core.plugin_api import ReaderContext
+    from drpaiq_core.plugins import get_plugin_host
+
+    model = onnx.load(str(sample.model))
+    context = ReaderContext(
+        dataset=dataset,
+        model_path=sample.model,
+        inputs=model_inputs(model),
+        norm_mean=sample.mean,
+        norm_std=sample.std,
+        size_limit=limit,
+        batch_size=batch,
+        labeled=labeled,
+    )
+    return get_plugin_host().readers.get(sample.reader)(context)
+
+
+def load_test_set(sample: Sample, limit: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    reader = open_reader(sample, SAMPLES / "data" / "test", labeled=True, batch=1, limit=limit)
+    feeds, labels = [], []
+    for batch in reader.batches():
+        feeds.append(batch.feeds)
+        labels.append(batch.labels)
+    return feeds, np.concatenate(labels)
+
+
+def session(path: Path):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def top1_and_time(path: Path, feeds: list[dict[str, np.ndarray]], labels: np.ndarray) -> tuple[float, float]:
+    """Top-1 (%) and the best of three passes' inference time per image (ms)."""
+    sess = session(path)
+    predictions = np.array([int(np.argmax(sess.run(None, f)[0])) for f in feeds])
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for feed in feeds:
+            sess.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return 100.0 * float(np.mean(predictions == labels)), 1000.0 * best / len(feeds)
+
+
+def quantize_drpaiq(sample: Sample, method: str, out: Path) -> float:
+    from drpaiq_core.config import QuantizeConfig
+    from drpaiq_core.pipeline import quantize
+
+    start = time.perf_counter()
+    quantize(
+        QuantizeConfig(
+            input_model=sample.model,
+            output_model=out,
+            reader=sample.reader,
+            calibrate_dataset=SAMPLES / "data" / "calibrate",
+            calibrate_method=method,
+            norm_mean=sample.mean,
+            norm_std=sample.std,
+            quiet=True,
+        )
+    )
+    return time.perf_counter() - start
+
+
+def quantize_ort(sample: Sample, method: str, out: Path, workdir: Path) -> float:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            reader = open_reader(sample, SAMPLES / "data" / "calibrate", labeled=False, batch=1)
+            self._it = (b.feeds for b in reader.batches())
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self._it, None)
+
+    start = time.perf_counter()
+    pre = workdir / f"{sample.name}_ort_pre.onnx"
+    quant_pre_process(str(sample.model), str(pre))
+    quantize_static(
+        str(pre),
+        str(out),
+        Feeds(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, method),
+    )
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="MinMax,Entropy")
+    parser.add_argument("--test-limit", type=int, default=0, help="test images per model (0 = all)")
+    args = parser.parse_args()
+    logging.getLogger("drpaiq").setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.ERROR)
+
+    header = (
+        f"{'model':6} {'method':8} {'FP32 top1':>9} {'drpaiq':>7} {'ORT':>7} "
+        f"{'drop d/o':>11} {'quant s d/o':>13} {'infer ms d/o':>15} {'ratio':>6}"
+    )
+    rows = [header, "-" * len(header)]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for sample in samples():
+            feeds, labels = load_test_set(sample, args.test_limit)
+            fp32_top1, _ = top1_and_time(sample.model, feeds, labels)
+            for method in args.methods.split(","):
+                ours = workdir / f"{sample.name}_{method}_drpaiq.onnx"
+                theirs = workdir / f"{sample.name}_{method}_ort.onnx"
+                t_ours = quantize_drpaiq(sample, method, ours)
+                t_theirs = quantize_ort(sample, method, theirs, workdir)
+                top_ours, ms_ours = top1_and_time(ours, feeds, labels)
+                top_theirs, ms_theirs = top1_and_time(theirs, feeds, labels)
+                rows.append(
+                    f"{sample.name:6} {method:8} {fp32_top1:9.2f} {top_ours:7.2f} {top_theirs:7.2f} "
+                    f"{fp32_top1 - top_ours:5.2f}/{fp32_top1 - top_theirs:5.2f} "
+                    f"{t_ours:6.2f}/{t_theirs:6.2f} {ms_ours:7.3f}/{ms_theirs:7.3f} "
+                    f"{ms_ours / ms_theirs:6.2f}"
+                )
+                print(rows[-1], file=sys.stderr)
+            rows.append(
+                f"{'':6} sizes: FP32 {sample.model.stat().st_size:,} B, drpaiq INT8 "
+                f"{ours.stat().st_size:,} B ({ours.stat().st_size / sample.model.stat().st_size:.2f}x)"
+            )
+    print(f"test images per model: {len(labels)}; calibration images: samples/data/calibrate")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Each op quantizer on a small real model: the quantized model passes onnx.checker,
+runs in ONNX Runtime, and matches a NumPy fake-quant reference computed from the
+plan within one quantization step of the output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from tests._engine import fake_quant_reference, make_model, random_feeds, run, run_quantize
+
+pytest.importorskip("drpaiq_plugins_ops")
+pytest.importorskip("drpaiq_plugins_calibrators")
+
+RNG = np.random.default_rng(42)
+
+
+def _w(*shape: int) -> np.ndarray:
+    return RNG.normal(scale=0.5, size=shape).astype(np.float32)
+
+
+def conv() -> tuple:
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    return nodes, {"x": ["N", 3, 6, 6]}, ["y"], {"W": _w(4, 3, 3, 3), "B": _w(4)}
+
+
+def conv_relu() -> tuple:
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    return nodes, {"x": ["N", 3, 6, 6]}, ["y"], {"W": _w(4, 3, 3, 3), "B": _w(4)}
+
+
+def conv_clip() -> tuple:
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip"),
+    ]
+    inits = {"W": _w(4, 3, 1, 1), "lo": np.array(0, np.float32), "hi": np.array(0.5, np.float32)}
+    return nodes, {"x": ["N", 3, 5, 5]}, ["y"], inits
+
+
+def conv_transpose() -> tuple:
+    nodes = [helper.make_node("ConvTranspose", ["x", "W", "B"], ["y"], name="deconv", strides=[2, 2])]
+    return nodes, {"x": ["N", 3, 4, 4]}, ["y"], {"W": _w(3, 5, 2, 2), "B": _w(5)}
+
+
+def gemm() -> tuple:
+    nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="gemm", transB=1)]
+    return nodes, {"x": ["N", 8]}, ["y"], {"W": _w(5, 8), "B": _w(5)}
+
+
+def matmul_bias_add() -> tuple:
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"], name="matmul"),
+        helper.make_node("Add", ["m", "B"], ["y"], name="bias_add"),
+    ]
+    return nodes, {"x": ["N", 8]}, ["y"], {"W": _w(8, 6), "B": _w(6)}
+
+
+def binary(op: str) -> Callable[[], tuple]:
+    def build() -> tuple:
+        nodes = [helper.make_node(op, ["a", "b"], ["y"], name=op.lower())]
+        return nodes, {"a": ["N", 4, 3], "b": ["N", 4, 3]}, ["y"], {}
+
+    build.__name__ = op.lower()
+    return build
+
+
+def concat() -> tuple:
+    nodes = [helper.make_node("Concat", ["a", "b"], ["y"], name="concat", axis=1)]
+    return nodes, {"a": ["N", 2, 3], "b": ["N", 3, 3]}, ["y"], {}
+
+
+def unary(op: str, shape: list, **attrs: object) -> Callable[[], tuple]:
+    def build() -> tuple:
+        nodes = [helper.make_node(op, ["x"], ["y"], name=op.lower(), **attrs)]
+        return nodes, {"x": shape}, ["y"], {}
+
+    build.__name__ = op.lower()
+    return build
+
+
+def with_const(op: str, const: np.ndarray, shape: list, **attrs: object) -> Callable[[], tuple]:
+    def build() -> tuple:
+        nodes = [helper.make_node(op, ["x", "c"], ["y"], name=op.lower(), **attrs)]
+        return nodes, {"x": shape}, ["y"], {"c": const}
+
+    build.__name__ = op.lower()
+    return build
+
+
+def resize() -> tuple:
+    nodes = [helper.make_node("Resize", ["x", "", "s"], ["y"], name="resize", mode="nearest")]
+    return nodes, {"x": ["N", 2, 3, 3]}, ["y"], {"s": np.array([1, 1, 2, 2], np.float32)}
+
+
+def split() -> tuple:
+    nodes = [helper.make_node("Split", ["x", "sp"], ["y", "z"], name="split", axis=1)]
+    return nodes, {"x": ["N", 4, 3]}, ["y", "z"], {"sp": np.array([1, 3], np.int64)}
+
+
+def slice_() -> tuple:
+    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax"], ["y"], name="slice")]
+    inits = {
+        "st": np.array([1], np.int64),
+        "en": np.array([3], np.int64),
+        "ax": np.array([1], np.int64),
+    }
+    return nodes, {"x": ["N", 4, 3]}, ["y"], inits
+
+
+def pad() -> tuple:
+    nodes = [helper.make_node("Pad", ["x", "p"], ["y"], name="pad")]
+    return nodes, {"x": ["N", 2, 3]}, ["y"], {"p": np.array([0, 0, 1, 0, 0, 1], np.int64)}
+
+
+CASES = [
+    conv,
+    conv_relu,
+    conv_clip,
+    conv_transpose,
+    gemm,
+    matmul_bias_add,
+    binary("Add"),
+    binary("Sub"),
+    binary("Mul"),
+    concat,
+    unary("MaxPool", ["N", 2, 4, 4], kernel_shape=[2, 2], strides=[2, 2]),
+    unary("AveragePool", ["N", 2, 4, 4], kernel_shape=[2, 2], strides=[2, 2]),
+    unary("GlobalAveragePool", ["N", 2, 4, 4]),
+    unary("Relu", ["N", 6]),
+    unary("LeakyRelu", ["N", 6], alpha=0.1),
+    unary("Sigmoid", ["N", 6]),
+    unary("HardSigmoid", ["N", 6]),
+    unary("HardSwish", ["N", 6]),
+    unary("Tanh", ["N", 6]),
+    unary("Softmax", ["N", 6], axis=1),
+    unary("Flatten", ["N", 2, 3], axis=1),
+    unary("Transpose", ["N", 2, 3], perm=[0, 2, 1]),
+    with_const("Reshape", np.array([0, 6], np.int64), ["N", 2, 3]),
+    with_const("Squeeze", np.array([1], np.int64), ["N", 1, 3]),
+    with_const("Unsqueeze", np.array([1], np.int64), ["N", 3]),
+    resize,
+    split,
+    slice_,
+    pad,
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.strip("_"))
+def test_op_matches_fake_quant_reference(tmp_path: Path, case: Callable[[], tuple]) -> None:
+    nodes, inputs, outputs, inits = case()
+    model = make_model(nodes, inputs, outputs, inits)
+    feeds = random_feeds(inputs)
+    _, out, summary = run_quantize(tmp_path, model, feeds)
+    written = onnx.load(str(out))
+    onnx.checker.check_model(written, full_check=True)
+    plan = summary.plan
+    assert all(node.name in summary.quantized for node in model.graph.node), summary.float_nodes
+    for feed in feeds:
+        got = run(out, feed)
+        reference = fake_quant_reference(model, plan, feed)
+        for name, value in zip(outputs, got):
+            params = plan.activations[name]
+            step = float(params.scale)
+            err = float(np.max(np.abs(value - reference[name])))
+            # One quantization step of the output, plus float rounding slack.
+            assert err <= step * 1.0001 + 1e-6, f"{name}: error {err} > step {step}"
+
+
+def test_weights_are_int8_per_channel_and_bias_int32(tmp_path: Path) -> None:
+    nodes, inputs, outputs, inits = conv()
+    _, out, summary = run_quantize(tmp_path, make_model(nodes, inputs, outputs, inits), random_feeds(inputs))
+    written = onnx.load(str(out))
+    by_name = {i.name: i for i in written.graph.initializer}
+    dq = {n.input[0]: n for n in written.graph.node if n.op_type == "DequantizeLinear"}
+    weight = by_name["W_quantized"]
+    bias = by_name["B_quantized"]
+    assert weight.data_type == onnx.TensorProto.INT8
+    assert bias.data_type == onnx.TensorProto.INT32
+    assert helper.get_attribute_value(dq["W_quantized"].attribute[0]) == 0  # axis 0
+    w_scale = onnx.numpy_helper.to_array(by_name[dq["W_quantized"].input[1]])
+    b_scale = onnx.numpy_helper.to_array(by_name[dq["B_quantized"].input[1]])
+    x_scale = summary.plan.activations["x"].scale
+    assert w_scale.shape == (4,)
+    np.testing.assert_allclose(b_scale, (x_scale * w_scale).astype(np.float32), rtol=1e-6)
+    b_zp = onnx.numpy_helper.to_array(by_name[dq["B_quantized"].input[2]])
+    assert not b_zp.any()
+
+
+def test_unknown_op_stays_float_and_model_runs(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Exp", ["c"], ["y"], name="exp"),
+    ]
+    inputs = {"x": ["N", 2, 3, 3]}
+    model = make_model(nodes, inputs, ["y"], {"W": _w(2, 2, 1, 1)})
+    feeds = random_feeds(inputs)
+    _, out, summary = run_quantize(tmp_path, model, feeds)
+    assert summary.float_nodes["exp"] == ("Exp", "no op quantizer for Exp")
+    assert "exp" in summary.to_text()
+    expected = run(tmp_path / "m.onnx", feeds[0])[0]
+    got = run(out, feeds[0])[0]
+    assert np.max(np.abs(got - expected)) < 0.1 * np.max(np.abs(expected))
+
+
+def test_maxpool_and_transpose_first_and_last_layer_are_quantized(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], name="first_transpose", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "W"], ["c"], name="conv"),
+        helper.make_node("MaxPool", ["c"], ["y"], name="last_pool", kernel_shape=[2, 2]),
+    ]
+    inputs = {"x": ["N", 4, 4, 3]}
+    model = make_model(nodes, inputs, ["y"], {"W": _w(2, 3, 1, 1)})
+    _, out, summary = run_quantize(tmp_path, model, random_feeds(inputs))
+    assert {"first_transpose", "last_pool"} <= set(summary.quantized)
+    written = onnx.load(str(out))
+    producers = {o: n for n in written.graph.node for o in n.output}
+    assert producers["y"].op_type == "DequantizeLinear"  # the last MaxPool's output is QDQ
+    first = next(n for n in written.graph.node if n.name == "first_transpose")
+    assert producers[first.input[0]].op_type == "DequantizeLinear"
+    plan = summary.plan
+    assert plan.activations["t"] is plan.activations["x"]  # pass-through keeps params
+    assert plan.activations["y"] is plan.activations["c"]
