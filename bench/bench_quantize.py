@@ -57,7 +57,6 @@ def samples() -> list[Sample]:
 
 def open_reader(sample: Sample, dataset: Path, labeled: bool, batch: int, limit: int = 0):  # type: ignore[no-untyped-def]
     import onnx
-
     from drpaiq_core.load import model_inputs
     from drpaiq_core.plugin_api import ReaderContext
     from drpaiq_core.plugins import get_plugin_host
@@ -94,7 +93,9 @@ def session(path: Path):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def top1_and_time(path: Path, feeds: list[dict[str, np.ndarray]], labels: np.ndarray) -> tuple[float, float]:
+def top1_and_time(
+    path: Path, feeds: list[dict[str, np.ndarray]], labels: np.ndarray
+) -> tuple[float, float]:
     """Top-1 (%) and the best of three passes' inference time per image (ms)."""
     sess = session(path)
     predictions = np.array([int(np.argmax(sess.run(None, f)[0])) for f in feeds])
@@ -187,15 +188,17 @@ def main() -> int:
                 top_ours, ms_ours = top1_and_time(ours, feeds, labels)
                 top_theirs, ms_theirs = top1_and_time(theirs, feeds, labels)
                 rows.append(
-                    f"{sample.name:6} {method:8} {fp32_top1:9.2f} {top_ours:7.2f} {top_theirs:7.2f} "
+                    f"{sample.name:6} {method:8} {fp32_top1:9.2f} "
+                    f"{top_ours:7.2f} {top_theirs:7.2f} "
                     f"{fp32_top1 - top_ours:5.2f}/{fp32_top1 - top_theirs:5.2f} "
                     f"{t_ours:6.2f}/{t_theirs:6.2f} {ms_ours:7.3f}/{ms_theirs:7.3f} "
                     f"{ms_ours / ms_theirs:6.2f}"
                 )
                 print(rows[-1], file=sys.stderr)
+            fp32_size, int8_size = sample.model.stat().st_size, ours.stat().st_size
             rows.append(
-                f"{'':6} sizes: FP32 {sample.model.stat().st_size:,} B, drpaiq INT8 "
-                f"{ours.stat().st_size:,} B ({ours.stat().st_size / sample.model.stat().st_size:.2f}x)"
+                f"{'':6} sizes: FP32 {fp32_size:,} B, drpaiq INT8 {int8_size:,} B "
+                f"({int8_size / fp32_size:.2f}x)"
             )
     print(f"test images per model: {len(labels)}; calibration images: samples/data/calibrate")
     print("\n".join(rows))

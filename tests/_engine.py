@@ -139,7 +139,9 @@ def fake_quant_reference(
         for user in weight.users:
             constants_by_user[user] = (q * scale).astype(np.float32)
     for name, value in feed.items():
-        values[name] = fake_quantize(value, plan.activations[name]) if name in plan.activations else value
+        values[name] = (
+            fake_quantize(value, plan.activations[name]) if name in plan.activations else value
+        )
     for name, value in plan.constant_activations.items():
         values[name] = fake_quantize(value, plan.activations[name])
     for node in model.graph.node:
@@ -151,7 +153,9 @@ def fake_quant_reference(
                 args.append(values[name] if name else None)
         outs = _run_node(node, args, model)
         for name, value in zip(node.output, outs):
-            values[name] = fake_quantize(value, plan.activations[name]) if name in plan.activations else value
+            values[name] = (
+                fake_quantize(value, plan.activations[name]) if name in plan.activations else value
+            )
     return values
 
 
@@ -164,9 +168,7 @@ def _run_node(
     )
     single.attribute.extend(node.attribute)
     inputs = [
-        helper.make_tensor_value_info(
-            n, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)
-        )
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
         for n, a in zip(names, args)
         if a is not None
     ]

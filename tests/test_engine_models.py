@@ -73,7 +73,7 @@ def test_constant_node_weights_and_unfolded_batchnorm(tmp_path: Path) -> None:
     }
     model = make_model(nodes, {"x": ["N", 3, 5, 5]}, ["y"], inits)
     feeds = random_feeds({"x": ["N", 3, 5, 5]})
-    fp32, out, summary = run_quantize(tmp_path, model, feeds)
+    fp32, out, _summary = run_quantize(tmp_path, model, feeds)
     written = onnx.load(str(out))
     ops = [n.op_type for n in written.graph.node]
     assert "BatchNormalization" not in ops and "Constant" not in ops
@@ -96,7 +96,11 @@ def test_dynamic_dims_and_normalization_pattern(tmp_path: Path) -> None:
         helper.make_node("Sqrt", ["ve"], ["s"], name="sqrt"),
         helper.make_node("Div", ["d", "s"], ["y"], name="div"),
     ]
-    inits = {"W": _w(4, 3, 1, 1), "two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32)}
+    inits = {
+        "W": _w(4, 3, 1, 1),
+        "two": np.array(2.0, np.float32),
+        "eps": np.array(1e-5, np.float32),
+    }
     model = make_model(nodes, {"x": ["N", 3, "H", "W"]}, ["y"], inits)
     feeds = random_feeds({"x": ["N", 3, 5, 7]})
     fp32, out, summary = run_quantize(tmp_path, model, feeds)
@@ -109,10 +113,14 @@ def test_dynamic_dims_and_normalization_pattern(tmp_path: Path) -> None:
     assert _close(run(out, feeds[0])[0], run(fp32, feeds[0])[0], tolerance=0.3)
 
 
-def test_failed_shape_inference_still_quantizes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_shape_inference_still_quantizes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     model = _small_cnn()
     # A value_info that contradicts the real shape makes ONNX shape inference fail.
-    model.graph.value_info.append(helper.make_tensor_value_info("c1", onnx.TensorProto.FLOAT, [1, 2]))
+    model.graph.value_info.append(
+        helper.make_tensor_value_info("c1", onnx.TensorProto.FLOAT, [1, 2])
+    )
     feeds = random_feeds({"x": ["N", 3, 6, 6]})
     logger = logging.getLogger("drpaiq")
     logger.addHandler(caplog.handler)
@@ -131,8 +139,14 @@ def test_external_data_model(tmp_path: Path) -> None:
     model = _small_cnn()
     source = tmp_path / "src"
     source.mkdir()
-    onnx.save(model, str(source / "ext.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    onnx.save(
+        model,
+        str(source / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     from drpaiq_core.config import QuantizeConfig
     from drpaiq_core.pipeline import quantize
 
@@ -140,8 +154,15 @@ def test_external_data_model(tmp_path: Path) -> None:
 
     feeds = random_feeds({"x": ["N", 3, 6, 6]})
     out = tmp_path / "ext_q.onnx"
-    quantize(QuantizeConfig(input_model=source / "ext.onnx", output_model=out,
-                            reader_object=ArrayReader(feeds), skip_preprocess=True, quiet=True))
+    quantize(
+        QuantizeConfig(
+            input_model=source / "ext.onnx",
+            output_model=out,
+            reader_object=ArrayReader(feeds),
+            skip_preprocess=True,
+            quiet=True,
+        )
+    )
     assert _close(run(out, feeds[0])[0], run(source / "ext.onnx", feeds[0])[0])
 
 

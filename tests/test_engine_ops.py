@@ -47,7 +47,9 @@ def conv_clip() -> tuple:
 
 
 def conv_transpose() -> tuple:
-    nodes = [helper.make_node("ConvTranspose", ["x", "W", "B"], ["y"], name="deconv", strides=[2, 2])]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "W", "B"], ["y"], name="deconv", strides=[2, 2])
+    ]
     return nodes, {"x": ["N", 3, 4, 4]}, ["y"], {"W": _w(3, 5, 2, 2), "B": _w(5)}
 
 
@@ -177,7 +179,9 @@ def test_op_matches_fake_quant_reference(tmp_path: Path, case: Callable[[], tupl
 
 def test_weights_are_int8_per_channel_and_bias_int32(tmp_path: Path) -> None:
     nodes, inputs, outputs, inits = conv()
-    _, out, summary = run_quantize(tmp_path, make_model(nodes, inputs, outputs, inits), random_feeds(inputs))
+    _, out, summary = run_quantize(
+        tmp_path, make_model(nodes, inputs, outputs, inits), random_feeds(inputs)
+    )
     written = onnx.load(str(out))
     by_name = {i.name: i for i in written.graph.initializer}
     dq = {n.input[0]: n for n in written.graph.node if n.op_type == "DequantizeLinear"}

@@ -37,7 +37,14 @@ class _OneLineHandler(logging.Handler):
         level = "warning" if record.levelno >= logging.WARNING else "info"
         if record.levelno >= logging.ERROR:
             level = "error"
-        click.echo(f"drpaiq: {level}: {record.getMessage()}", err=True)
+        line = f"drpaiq: {level}: {record.getMessage()}"
+        if "tqdm" in sys.modules:
+            # Print above an active progress bar instead of through it.
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
 
 
 def configure_logging(quiet: bool, verbose: int) -> None:
@@ -89,8 +96,9 @@ def build_cli(host: PluginHost | None = None) -> click.Group:
     def cli(ctx: click.Context, reader: str | None, quiet: bool, verbose: int) -> None:
         """drpaiq: INT8 post-training quantization of ONNX CNNs for INT8-only accelerators."""
         configure_logging(quiet, verbose)
-        ctx.obj = AppState(host=ctx.obj or host or get_plugin_host(), reader=reader,
-                           quiet=quiet, verbose=verbose)
+        ctx.obj = AppState(
+            host=ctx.obj or host or get_plugin_host(), reader=reader, quiet=quiet, verbose=verbose
+        )
 
     @cli.command("plugins")
     @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
@@ -119,13 +127,15 @@ def build_cli(host: PluginHost | None = None) -> click.Group:
         headers = ("plugin", "distribution", "version", "registers")
         table = [
             (
-                row["name"],
-                row["distribution"],
-                row["version"],
-                "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
+                info.name,
+                info.distribution,
+                info.version,
+                "; ".join(
+                    f"{kind}: {', '.join(sorted(names))}" for kind, names in info.registers.items()
+                )
                 or "-",
             )
-            for row in rows
+            for info in sorted(state.host.plugins.values(), key=lambda i: i.name)
         ]
         widths = [max(len(str(r[i])) for r in [headers, *table]) for i in range(3)]
         for row in [headers, *table]:
@@ -151,6 +161,10 @@ def _add_plugin_commands(cli: click.Group, host: PluginHost | None) -> None:
         scratch = click.Group()
         try:
             impl.function(scratch)
+            target.trace(
+                f"drpaiq_register_commands of plugin {impl.plugin_name!r} added "
+                f"{', '.join(scratch.commands) or 'nothing'}"
+            )
         except Exception as exc:
             log.warning(f"plugin {impl.plugin_name!r} failed to add commands: {exc}")
             continue
@@ -163,10 +177,22 @@ def _add_plugin_commands(cli: click.Group, host: PluginHost | None) -> None:
 
 
 def main(argv: list[str] | None = None, prog_name: str = "drpaiq") -> None:
-    """Entry point of the ``drpaiq`` console script."""
+    """Entry point of the ``drpaiq`` console script.
+
+    Usage mistakes (an unknown option, a missing argument) become one line and exit
+    code 2, like every other user error; Ctrl-C exits with 130.
+    """
     cli = build_cli()
     try:
-        cli.main(args=argv, prog_name=prog_name)
-    except KeyboardInterrupt:  # raised outside invoke, e.g. while parsing
+        code = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"drpaiq: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"drpaiq: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
         click.echo("drpaiq: interrupted; no output was written", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -39,6 +39,8 @@ class QuantizeConfig:
     :ivar summary_json: write the run summary as JSON here.
     :ivar quiet: no progress bars or info lines.
     :ivar tvm: the reference's ``--tvm`` flow (built-in TVM reader).
+    :ivar datareader_path: the reference's ``--datareader_path``: a ``.py`` file whose
+        reader class is imported and constructed at run time (this runs the user's code).
     """
 
     input_model: Path
@@ -66,3 +68,4 @@ class QuantizeConfig:
     summary_json: Path | None = None
     quiet: bool = False
     tvm: bool = False
+    datareader_path: Path | None = None

@@ -14,6 +14,8 @@ Placement follows what ONNX Runtime fuses into integer kernels:
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -55,7 +57,7 @@ def _params_initializers(
     return scale_name, zp_name, inits
 
 
-def _axis_attrs(params: QParams) -> dict[str, int]:
+def _axis_attrs(params: QParams) -> dict[str, Any]:
     return {"axis": params.axis} if params.axis is not None and params.scale.ndim == 1 else {}
 
 
@@ -79,8 +81,11 @@ def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         dq_out = names.new(f"{weight.source}_dequantized")
         head.append(
             helper.make_node(
-                "DequantizeLinear", [int_name, scale, zp], [dq_out],
-                name=names.new(f"{weight.source}_DequantizeLinear"), **_axis_attrs(weight.params),
+                "DequantizeLinear",
+                [int_name, scale, zp],
+                [dq_out],
+                name=names.new(f"{weight.source}_DequantizeLinear"),
+                **_axis_attrs(weight.params),
             )
         )
         for user in weight.users:
@@ -90,20 +95,29 @@ def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     replace: dict[str, str] = {}
     for tensor, value in sorted(plan.constant_activations.items()):
         params = plan.activations[tensor]
-        from drpaiq_core.qparams import NP_TYPES
-
         import numpy as np
 
+        from drpaiq_core.qparams import NP_TYPES
+
         info = np.iinfo(NP_TYPES[params.dtype])
-        q = np.clip(np.round(value / params.scale) + params.zero_point.astype(np.float32),
-                    info.min, info.max).astype(NP_TYPES[params.dtype])
+        q = np.clip(
+            np.round(value / params.scale) + params.zero_point.astype(np.float32),
+            info.min,
+            info.max,
+        ).astype(NP_TYPES[params.dtype])
         int_name = names.new(f"{tensor}_quantized")
         new_inits.append(numpy_helper.from_array(q, int_name))
         scale, zp, inits = _params_initializers(tensor, params, names)
         new_inits.extend(inits)
         dq_out = names.new(f"{tensor}_dequantized")
-        head.append(helper.make_node("DequantizeLinear", [int_name, scale, zp], [dq_out],
-                                     name=names.new(f"{tensor}_DequantizeLinear")))
+        head.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [int_name, scale, zp],
+                [dq_out],
+                name=names.new(f"{tensor}_DequantizeLinear"),
+            )
+        )
         replace[tensor] = dq_out
     for tensor in sorted(t for t in plan.activations if t in graph_inputs):
         params = plan.activations[tensor]
@@ -111,10 +125,22 @@ def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         new_inits.extend(inits)
         q_out = names.new(f"{tensor}_quantized")
         dq_out = names.new(f"{tensor}_dequantized")
-        head.append(helper.make_node("QuantizeLinear", [tensor, scale, zp], [q_out],
-                                     name=names.new(f"{tensor}_QuantizeLinear")))
-        head.append(helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out],
-                                     name=names.new(f"{tensor}_DequantizeLinear")))
+        head.append(
+            helper.make_node(
+                "QuantizeLinear",
+                [tensor, scale, zp],
+                [q_out],
+                name=names.new(f"{tensor}_QuantizeLinear"),
+            )
+        )
+        head.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [q_out, scale, zp],
+                [dq_out],
+                name=names.new(f"{tensor}_DequantizeLinear"),
+            )
+        )
         replace[tensor] = dq_out
 
     produced = {t for t in plan.activations if t not in graph_inputs}
@@ -136,10 +162,22 @@ def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             scale, zp, inits = _params_initializers(name, params, names)
             new_inits.extend(inits)
             q_out = names.new(f"{name}_quantized")
-            tail.append(helper.make_node("QuantizeLinear", [float_name, scale, zp], [q_out],
-                                         name=names.new(f"{name}_QuantizeLinear")))
-            tail.append(helper.make_node("DequantizeLinear", [q_out, scale, zp], [name],
-                                         name=names.new(f"{name}_DequantizeLinear")))
+            tail.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [float_name, scale, zp],
+                    [q_out],
+                    name=names.new(f"{name}_QuantizeLinear"),
+                )
+            )
+            tail.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_out, scale, zp],
+                    [name],
+                    name=names.new(f"{name}_DequantizeLinear"),
+                )
+            )
         body.append(node)
         body.extend(tail)
 

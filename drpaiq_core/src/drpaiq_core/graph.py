@@ -106,9 +106,7 @@ class ModelGraph(GraphView):
             for attr in node.attribute:
                 if attr.name == "value":
                     value = numpy_helper.to_array(attr.t)
-                elif attr.name in ("value_float", "value_int"):
-                    value = np.array(helper.get_attribute_value(attr))
-                elif attr.name in ("value_floats", "value_ints"):
+                elif attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
                     value = np.array(helper.get_attribute_value(attr))
         if value is not None:
             self._cache[tensor] = value
@@ -157,6 +155,21 @@ class ModelGraph(GraphView):
 
 
 _NON_FLOAT_PRODUCERS = frozenset(
-    {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "TopK", "Equal", "Greater", "Less",
-     "Not", "And", "Or", "Cast", "ConstantOfShape", "Range"}
+    {
+        "Shape",
+        "Size",
+        "NonZero",
+        "ArgMax",
+        "ArgMin",
+        "TopK",
+        "Equal",
+        "Greater",
+        "Less",
+        "Not",
+        "And",
+        "Or",
+        "Cast",
+        "ConstantOfShape",
+        "Range",
+    }
 )

@@ -12,7 +12,8 @@ recorded against :data:`drpaiq_core.PLUGIN_API_VERSION`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

@@ -89,6 +89,9 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
 
     original = load_model(input_path)
     opset_before = default_opset(original)
+    # The reader is built first: a bad folder or bad norm values fail in a second,
+    # before any pre-processing work.
+    reader = open_reader(config, host, original, input_path)
     with tempfile.TemporaryDirectory(prefix="drpaiq-") as workdir_name:
         workdir = Path(workdir_name)
         model = _preprocessed(config, input_path, original, workdir)
@@ -96,7 +99,6 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         model = _with_shapes(model)
         graph = ModelGraph(model)
         selection = select(host, graph, rules, options)
-        reader = open_reader(config, host, original, input_path)
         result = calibrate(
             model,
             selection.range_tensors,
@@ -142,12 +144,13 @@ def _preprocessed(
     """The model after ONNX Runtime's quantization pre-processing (or as loaded)."""
     import onnx
 
-    if config.skip_preprocess:
-        return original
-    from drpaiq_core.preprocess import preprocess_model
+    from drpaiq_core.preprocess import preprocess_model, preprocess_settings
 
+    settings = preprocess_settings(config)
+    if settings is None:
+        return original
     target = config.preprocessed_model_output or workdir / "preprocessed.onnx"
-    preprocess_model(Path(input_path), Path(target), mode=config.preprocess_mode)
+    preprocess_model(Path(input_path), Path(target), **settings)
     return onnx.load(str(target))
 
 

@@ -229,10 +229,10 @@ def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) ->
     for add_name, (matmul_name, bias_tensor) in selection.fused_adds.items():
         matmul = selection.chosen[matmul_name]
         weight_index = next(iter(sorted(matmul.weights)), None)
-        act = next((t for t in matmul.activations if t in plan.activations), None)
+        source = next((t for t in matmul.activations if t in plan.activations), None)
         add_node = graph.node_by_name(add_name)
-        if weight_index is None or act is None or add_node is None:
+        if weight_index is None or source is None or add_node is None:
             continue
         weight = next(w for w in plan.constants.values() if (matmul_name, weight_index) in w.users)
         index = list(add_node.input).index(bias_tensor)
-        add_bias(bias_tensor, add_name, index, act, weight)
+        add_bias(bias_tensor, add_name, index, source, weight)

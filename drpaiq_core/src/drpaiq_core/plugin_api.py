@@ -7,10 +7,10 @@ the standard library so that registering plugins stays cheap.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -114,6 +114,10 @@ class Reader(abc.ABC):
 
     PLUGIN_NAME: ClassVar[str]
     DESCRIPTION: ClassVar[str] = ""
+    #: Advanced options (bare ``key value`` pairs) this plugin reads: name -> one line
+    #: of help. The core accepts these names besides its own and hands the values on
+    #: as strings; checking them is the plugin's job.
+    OPTIONS: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, context: ReaderContext) -> None:
         self.context = context
@@ -162,6 +166,10 @@ class Calibrator(abc.ABC):
 
     PLUGIN_NAME: ClassVar[str]
     DESCRIPTION: ClassVar[str] = ""
+    #: Advanced options (bare ``key value`` pairs) this plugin reads: name -> one line
+    #: of help. The core accepts these names besides its own and hands the values on
+    #: as strings; checking them is the plugin's job.
+    OPTIONS: ClassVar[Mapping[str, str]] = {}
     #: Names users may also select this calibrator by (e.g. the reference's spelling).
     ALIASES: ClassVar[tuple[str, ...]] = ()
     #: How many passes over the data the calibrator needs.
@@ -196,6 +204,7 @@ class Calibrator(abc.ABC):
     def report(self, ranges: Mapping[str, TensorRange], debug_dir: Path | None) -> None:
         """Called once after all ranges are computed; write debug output into
         ``debug_dir`` when it is given. The default does nothing."""
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -314,6 +323,10 @@ class OpQuantizer(abc.ABC):
 
     PLUGIN_NAME: ClassVar[str]
     DESCRIPTION: ClassVar[str] = ""
+    #: Advanced options (bare ``key value`` pairs) this plugin reads: name -> one line
+    #: of help. The core accepts these names besides its own and hands the values on
+    #: as strings; checking them is the plugin's job.
+    OPTIONS: ClassVar[Mapping[str, str]] = {}
     OP_TYPES: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
@@ -365,6 +378,10 @@ class ExclusionMatcher(abc.ABC):
 
     PLUGIN_NAME: ClassVar[str]
     DESCRIPTION: ClassVar[str] = ""
+    #: Advanced options (bare ``key value`` pairs) this plugin reads: name -> one line
+    #: of help. The core accepts these names besides its own and hands the values on
+    #: as strings; checking them is the plugin's job.
+    OPTIONS: ClassVar[Mapping[str, str]] = {}
 
     @abc.abstractmethod
     def match(self, graph: GraphView, rules: ExclusionRules) -> list[MatchReport]:

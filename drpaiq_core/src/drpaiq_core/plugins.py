@@ -131,9 +131,9 @@ class Registry(Generic[T]):
             return cls
         installed = self.names()
         parts = [f"unknown {self.kind} {name!r}"]
-        close = difflib.get_close_matches(name.lower(), installed, n=1, cutoff=0.5)
+        close = _closest(name.lower(), installed)
         if close:
-            parts.append(f"did you mean {close[0]!r}?")
+            parts.append(f"did you mean {' or '.join(repr(c) for c in close)}?")
         if installed:
             parts.append(f"installed: {', '.join(installed)}")
         else:
@@ -158,7 +158,8 @@ class PluginHost:
         self._loaded = False
         self.plugins: dict[str, PluginInfo] = {}
         self.broken: list[str] = []
-        if os.environ.get(ENV_TRACE) == "1":
+        self.tracing = os.environ.get(ENV_TRACE) == "1"
+        if self.tracing:
             self.pm.trace.root.setwriter(lambda text: sys.stderr.write(f"drpaiq trace: {text}"))
             self.pm.enable_tracing()
         self.readers: Registry[Reader] = Registry("reader", self, _plugin_names)
@@ -169,6 +170,11 @@ class PluginHost:
         self.exclusion_matchers: Registry[ExclusionMatcher] = Registry(
             "exclusion matcher", self, _plugin_names
         )
+
+    def trace(self, message: str) -> None:
+        """Write one trace line on stderr when ``DRPAIQ_TRACE_PLUGINS=1``."""
+        if self.tracing:
+            sys.stderr.write(f"drpaiq trace: {message}\n")
 
     # -- loading ---------------------------------------------------------------
 
@@ -198,6 +204,7 @@ class PluginHost:
             try:
                 module = ep.load()
                 self.pm.register(module, name=ep.name)
+                _check_known_hooks(self.pm, module)
             except Exception as exc:  # a broken plugin must not take the host down
                 self._broken(ep.name, dist, exc)
                 continue
@@ -206,14 +213,12 @@ class PluginHost:
     def _broken(self, name: str, dist: str, exc: BaseException) -> None:
         message = (
             f"plugin {name!r} from {dist} failed to load and is skipped: "
-            f"{type(exc).__name__}: {exc} (disable it with {ENV_BLOCK}={name})"
+            f"{type(exc).__name__}: {_one_line(exc)} (disable it with {ENV_BLOCK}={name})"
         )
         self.broken.append(message)
         log.warning(message)
 
-    def _collect(
-        self, kind: str, key: Callable[[type[T]], Iterable[str]]
-    ) -> dict[str, Entry[T]]:
+    def _collect(self, kind: str, key: Callable[[type[T]], Iterable[str]]) -> dict[str, Entry[T]]:
         self.load()
         hook_name = {
             "reader": "drpaiq_register_readers",
@@ -232,11 +237,16 @@ class PluginHost:
             found: list[type[T]] = []
             try:
                 impl.function(found.append)
+                keyed = [(cls, list(key(cls))) for cls in found]
             except Exception as exc:
                 self._broken(info.name, info.distribution, exc)
                 continue
-            for cls in found:
-                for raw in key(cls):
+            self.trace(
+                f"{hook_name} of plugin {info.name!r} ({info.distribution}) registered "
+                f"{', '.join(getattr(cls, 'PLUGIN_NAME', '?') for cls in found) or 'nothing'}"
+            )
+            for cls, keys in keyed:
+                for raw in keys:
                     name = raw.lower()
                     if name in entries and entries[name].cls is not cls:
                         other = entries[name]
@@ -265,11 +275,42 @@ class PluginHost:
             registry.entries()
 
 
+def _one_line(exc: BaseException) -> str:
+    # pluggy's validation errors span several lines; a warning is one line.
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_known_hooks(pm: pluggy.PluginManager, plugin: object) -> None:
+    """Refuse a plugin that implements a hook drpaiq does not have (a misspelled hook
+    name would otherwise register nothing, silently)."""
+    unknown = sorted(c.name for c in pm.get_hookcallers(plugin) or () if not c.has_spec())
+    if not unknown:
+        return
+    pm.unregister(plugin)
+    known = [name for name in dir(hookspecs) if name.startswith("drpaiq_")]
+    hints = []
+    for name in unknown:
+        close = _closest(name, known)
+        hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise pluggy.PluginValidationError(plugin, f"no such drpaiq hook: {', '.join(hints)}")
+
+
 def _plugin_names(cls: type[Any]) -> list[str]:
     name = getattr(cls, "PLUGIN_NAME", None)
     if not isinstance(name, str) or not name:
         raise PluginError(f"{cls.__module__}.{cls.__qualname__} declares no PLUGIN_NAME")
     return [name, *getattr(cls, "ALIASES", ())]
+
+
+def _closest(name: str, candidates: Iterable[str]) -> list[str]:
+    """The candidates most similar to ``name`` (all of them on a tie), if similar enough.
+
+    ``nhcw_image`` is one transposition from both ``nchw_image`` and ``nhwc_image``;
+    naming only one of them would be a coin toss.
+    """
+    scored = [(difflib.SequenceMatcher(None, name, c).ratio(), c) for c in candidates]
+    best = max((score for score, _ in scored), default=0.0)
+    return sorted(c for score, c in scored if score == best) if best >= 0.5 else []
 
 
 def get_plugin_host(load_entry_points: bool = True) -> PluginHost:

@@ -44,7 +44,11 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     keep = []
     moved = 0
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:
+        if (
+            node.op_type == "Constant"
+            and node.domain in ("", "ai.onnx")
+            and len(node.attribute) == 1
+        ):
             attr = node.attribute[0]
             value = None
             if attr.name == "value":
@@ -116,7 +120,9 @@ def fold_batch_norms(model: onnx.ModelProto) -> int:
         if consumers.get(conv.input[1], 0) != 1:
             continue  # a shared weight cannot be rescaled for one user only
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:])
+        gamma, beta, mean, var = (
+            numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:]
+        )
         weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
         bias = (
             numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)

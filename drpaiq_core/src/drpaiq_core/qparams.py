@@ -19,6 +19,7 @@ zero point 0 and ``scale = input scale x weight scale``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,11 @@ import numpy as np
 MIN_SCALE = 1e-12
 
 QRANGES = {"int8": (-128, 127), "uint8": (0, 255)}
-NP_TYPES = {"int8": np.int8, "uint8": np.uint8, "int32": np.int32}
+NP_TYPES: dict[str, type[np.signedinteger[Any]] | type[np.unsignedinteger[Any]]] = {
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "int32": np.int32,
+}
 
 
 @dataclass(frozen=True)
@@ -82,14 +87,14 @@ def activation_params(
     """
     rmin, rmax = widen(rmin, rmax)
     qmin, qmax = QRANGES[dtype]
-    s = float(np.float32(scale if scale is not None else activation_scale(rmin, rmax, dtype, symmetric)))
+    s = float(
+        np.float32(scale if scale is not None else activation_scale(rmin, rmax, dtype, symmetric))
+    )
     if symmetric:
         zp = 0 if dtype == "int8" else 128
     else:
         zp = int(np.clip(np.round(qmin - rmin / s), qmin, qmax))
-    return QParams(
-        np.array(s, dtype=np.float32), np.array(zp, dtype=NP_TYPES[dtype]), dtype, None
-    )
+    return QParams(np.array(s, dtype=np.float32), np.array(zp, dtype=NP_TYPES[dtype]), dtype, None)
 
 
 def weight_params(weight: np.ndarray, axis: int | None) -> tuple[QParams, np.ndarray]:

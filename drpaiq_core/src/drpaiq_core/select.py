@@ -153,14 +153,18 @@ def _choice(
         or node.input[bias.activation] not in activations
     ):
         bias = None
-    outputs = [node.output[i] for i in spec.outputs if i < len(node.output) and usable(node.output[i])]
+    outputs = [
+        node.output[i] for i in spec.outputs if i < len(node.output) and usable(node.output[i])
+    ]
     if not (activations or weights or outputs):
         return None
     groups = [
-        [t for t in (_resolve(node, ref) for ref in group) if usable(t)] for group in spec.same_params
+        [t for t in (_resolve(node, ref) for ref in group) if usable(t)]
+        for group in spec.same_params
     ]
     scale_groups = [
-        [t for t in (_resolve(node, ref) for ref in group) if usable(t)] for group in spec.same_scale
+        [t for t in (_resolve(node, ref) for ref in group) if usable(t)]
+        for group in spec.same_scale
     ]
     return NodeChoice(
         node=node.name,

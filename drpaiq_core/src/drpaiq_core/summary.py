@@ -49,11 +49,15 @@ class Summary:
             "samples": self.samples,
             "quantized_by_op_type": dict(sorted(Counter(self.quantized.values()).items())),
             "quantized_nodes": self.quantized,
-            "float_nodes": {k: {"op_type": v[0], "reason": v[1]} for k, v in self.float_nodes.items()},
+            "float_nodes": {
+                k: {"op_type": v[0], "reason": v[1]} for k, v in self.float_nodes.items()
+            },
             "exclusion_rules": self.rules,
             "size_before": self.size_before,
             "size_after": self.size_after,
-            "size_ratio": round(self.size_after / self.size_before, 4) if self.size_before else None,
+            "size_ratio": round(self.size_after / self.size_before, 4)
+            if self.size_before
+            else None,
             "opset": list(self.opset),
             "notes": self.notes,
             "plan": self.plan.to_dict() if self.plan is not None else None,
@@ -78,8 +82,6 @@ class Summary:
         for rule, nodes in self.rules.items():
             lines.append(f"rule {rule}: {len(nodes)} node(s)")
         ratio = self.size_after / self.size_before if self.size_before else 0.0
-        lines.append(
-            f"size {self.size_before:,} -> {self.size_after:,} bytes ({ratio:.2f}x)"
-        )
+        lines.append(f"size {self.size_before:,} -> {self.size_after:,} bytes ({ratio:.2f}x)")
         lines.extend(self.notes)
         return "\n".join(lines)

@@ -41,9 +41,7 @@ def verify(model: onnx.ModelProto) -> None:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(

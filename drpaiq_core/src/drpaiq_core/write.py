@@ -25,7 +25,9 @@ EXTERNAL_DATA_THRESHOLD = 1_900_000_000
 def check_output_path(output: Path, inputs: tuple[Path, ...] = ()) -> None:
     """Refuse an output that would overwrite an input or whose folder is missing."""
     if output.exists() and output.is_dir():
-        raise UserError(f"output {output} is a folder; give a file path such as {output}/model_q.onnx")
+        raise UserError(
+            f"output {output} is a folder; give a file path such as {output}/model_q.onnx"
+        )
     for source in inputs:
         if source.exists() and output.exists() and os.path.samefile(source, output):
             raise UserError(

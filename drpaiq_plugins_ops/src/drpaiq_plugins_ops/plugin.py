@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from drpaiq_core import hookimpl
 from drpaiq_core.plugin_api import ExclusionMatcher, OpQuantizer
+
+from drpaiq_core import hookimpl
 
 
 @hookimpl

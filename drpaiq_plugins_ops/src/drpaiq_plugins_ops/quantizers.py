@@ -138,9 +138,7 @@ class AddQuantizer(OpQuantizer):
     ) -> NodeQuantSpec | None:
         if _is_epsilon_add(node, graph):
             return None
-        return NodeQuantSpec(
-            activations=(0, 1), outputs=(0,), same_scale=((("in", 0), ("in", 1)),)
-        )
+        return NodeQuantSpec(activations=(0, 1), outputs=(0,), same_scale=((("in", 0), ("in", 1)),))
 
 
 def _is_epsilon_add(node: onnx.NodeProto, graph: GraphView) -> bool:
@@ -206,7 +204,7 @@ class ConcatQuantizer(OpQuantizer):
         self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
     ) -> NodeQuantSpec | None:
         n = len(node.input)
-        group = tuple(("in", i) for i in range(n)) + (OUT0,)
+        group = (*tuple(("in", i) for i in range(n)), OUT0)
         return NodeQuantSpec(activations=tuple(range(n)), outputs=(0,), same_params=(group,))
 
 

@@ -1,0 +1,453 @@
+"""Calibration cost: drpaiq vs ONNX Runtime's quantize_static vs bare FP32 inference.
+
+One run, one model, one set of images; for each method (minmax, entropy, percentile)
+and each number of images N (32, 128, 512) it measures, each in a fresh process:
+
+* drpaiq: wall time and peak RSS of a whole ``drpaiq --quiet --reader R quantize ...``
+  process, and the wall time of its calibration step (the ``calibrate()`` call: augmented
+  session, reading and decoding the images, inference, statistics, range search);
+* ONNX Runtime: wall time and peak RSS of ``quant_pre_process`` + ``quantize_static``
+  (QDQ, per-channel, QInt8 activations and weights, the same method); skipped, and said
+  so, where its estimate exceeds 10 GB (it keeps every activation of every image);
+* FP32: the time ONNX Runtime needs to just run the FP32 model over the same images
+  (decoded beforehand; the best of its default session and one without thread spinning,
+  of two rounds); session creation is shown apart and left out of the ratio, which is
+  therefore the strict one: drpaiq's calibration step includes creating its session,
+  decoding the images and the range search.
+
+and prints one table, the entropy search time per tensor, and the targets of issue 4:
+peak RSS at N=512 <= 1.15x N=32 (entropy, percentile); entropy <= 1.3x minmax RSS at
+N=512; calibration wall time <= 1.25x (minmax) and <= 1.5x (entropy, percentile) the
+FP32 inference time.
+
+    python bench/bench_calibration.py
+    python bench/bench_calibration.py --sizes 32 128 --methods entropy --no-ort
+
+Peak RSS is the child's ``ru_maxrss`` as returned by ``wait4`` for that one process.
+The N images are the sample calibration images followed by the sample test images, in
+name order, copied into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+DEFAULT_MODEL = SAMPLES / "modA_resnet_nchw.onnx"
+DEFAULT_MEAN = (0.2860, 0.2860, 0.2860)
+DEFAULT_STD = (0.3530, 0.3530, 0.3530)
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+ORT_LIMIT_BYTES = 10 * 1024**3
+
+
+# ---------------------------------------------------------------------------
+# Children: each measurement runs in a process of its own
+# ---------------------------------------------------------------------------
+
+
+def child_drpaiq(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the drpaiq CLI in this process, timing its calibration step and every
+    entropy range search (instrumentation only: the run itself is unchanged)."""
+    import drpaiq_core.calibrate as calibrate_module
+    from drpaiq_plugins_calibrators.entropy import EntropyCalibrator
+
+    timings: dict[str, Any] = {"search_ms": []}
+    original_calibrate = calibrate_module.calibrate
+    original_compute = EntropyCalibrator.compute
+
+    def timed_calibrate(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = original_calibrate(*args, **kwargs)
+        timings["calibrate_s"] = time.perf_counter() - start
+        return result
+
+    def timed_compute(self: Any, state: Any) -> Any:
+        start = time.perf_counter()
+        result = original_compute(self, state)
+        timings["search_ms"].append((time.perf_counter() - start) * 1000)
+        return result
+
+    calibrate_module.calibrate = timed_calibrate  # type: ignore[assignment]
+    EntropyCalibrator.compute = timed_compute  # type: ignore[method-assign]
+    from drpaiq_core.cli import main
+
+    code: Any = 0
+    try:
+        main(spec["argv"])
+    except SystemExit as exc:
+        code = exc.code
+    timings["exit_code"] = code
+    return timings
+
+
+def child_ort(spec: dict[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime's pre-processing and quantize_static over the same images."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    reader = open_reader(spec)
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = (batch.feeds for batch in reader.batches())
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._batches, None)
+
+    workdir = Path(spec["workdir"])
+    pre = workdir / "ort_pre.onnx"
+    quant_pre_process(spec["model"], str(pre))
+    quantize_static(
+        str(pre),
+        str(workdir / "ort_q.onnx"),
+        Feeds(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, METHODS[spec["method"]]),
+    )
+    return {}
+
+
+def child_fp32(spec: dict[str, Any]) -> dict[str, Any]:
+    """Decode the images, then time plain FP32 inference over them: ONNX Runtime's
+    default session and one whose idle threads do not spin; the faster counts."""
+    import onnxruntime
+
+    reader = open_reader(spec)
+    start = time.perf_counter()
+    feeds = [batch.feeds for batch in reader.batches()]
+    decode_s = time.perf_counter() - start
+    best_run, best_load = float("inf"), float("inf")
+    for spinning in ("1", "0"):
+        options = onnxruntime.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        start = time.perf_counter()
+        session = onnxruntime.InferenceSession(
+            spec["model"], options, providers=["CPUExecutionProvider"]
+        )
+        best_load = min(best_load, time.perf_counter() - start)
+        session.run(None, feeds[0])  # first run allocates; not part of the steady cost
+        for _ in range(spec.get("repeat", 2)):
+            start = time.perf_counter()
+            for feed in feeds:
+                session.run(None, feed)
+            best_run = min(best_run, time.perf_counter() - start)
+    return {"fp32_s": best_run, "load_s": best_load, "decode_s": decode_s}
+
+
+def open_reader(spec: dict[str, Any]) -> Any:
+    import onnx
+    from drpaiq_core.load import model_inputs
+    from drpaiq_core.plugin_api import ReaderContext
+    from drpaiq_core.plugins import get_plugin_host
+
+    model = onnx.load(spec["model"], load_external_data=False)
+    context = ReaderContext(
+        dataset=Path(spec["images"]),
+        model_path=Path(spec["model"]),
+        inputs=model_inputs(model),
+        norm_mean=tuple(spec["mean"]),
+        norm_std=tuple(spec["std"]),
+        batch_size=1,
+    )
+    return get_plugin_host().readers.get(spec["reader"])(context)
+
+
+CHILDREN = {"drpaiq": child_drpaiq, "ort": child_ort, "fp32": child_fp32}
+
+
+def run_child(kind: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run one measurement in a fresh Python; returns its report plus ``wall_s`` and
+    ``peak_mb`` (that process's own maximum resident set size)."""
+    report_path = workdir / f"report_{kind}.json"
+    report_path.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec)]
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, BENCH_REPORT=str(report_path)),
+    )
+    assert process.stderr is not None
+    # wait4 gives the resource usage of exactly this child (ru_maxrss in KB on Linux).
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    process.stderr.close()
+    if process.returncode != 0 or not report_path.exists():
+        tail = errors.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"{kind} child failed ({process.returncode}): {' | '.join(tail)}")
+    report = json.loads(report_path.read_text())
+    report.update(wall_s=wall, peak_mb=usage.ru_maxrss / 1024)
+    return report
+
+
+def child_main(kind: str, spec_text: str) -> int:
+    report = CHILDREN[kind](json.loads(spec_text))
+    Path(os.environ["BENCH_REPORT"]).write_text(json.dumps(report))
+    code = report.get("exit_code", 0)
+    return int(code) if isinstance(code, int) else 1
+
+
+# ---------------------------------------------------------------------------
+# The orchestrating process
+# ---------------------------------------------------------------------------
+
+
+def image_pool() -> list[Path]:
+    """Calibration images, then test images, each in name order."""
+    pool = sorted((SAMPLES / "data" / "calibrate").glob("*.png"))
+    pool += sorted((SAMPLES / "data" / "test").glob("*/*.png"))
+    return pool
+
+
+def make_image_set(pool: list[Path], count: int, folder: Path) -> Path:
+    if count > len(pool):
+        raise SystemExit(f"only {len(pool)} sample images available, {count} asked for")
+    folder.mkdir(parents=True)
+    for index, source in enumerate(pool[:count]):
+        shutil.copyfile(source, folder / f"{index:04d}_{source.name}")
+    return folder
+
+
+def activation_bytes_per_image(model_path: Path) -> int:
+    """Bytes of every float tensor a node produces, for one image (shape inference at
+    batch 1): what ONNX Runtime's calibrators keep per image."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(model)
+    produced = {out for node in inferred.graph.node for out in node.output}
+    total = 0
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        tensor_type = value.type.tensor_type
+        if value.name not in produced or tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            continue
+        size = 1
+        for dim in tensor_type.shape.dim:
+            size *= dim.dim_value if dim.HasField("dim_value") else 1
+        total += 4 * size
+    return total
+
+
+def entropy_search_ms() -> dict[int, float]:
+    """Median time of the KL search at 2048 and 4096 occupied bins (the two ends of the
+    histogram's resolution at num_bins 2048), heavy-tailed synthetic data."""
+    import numpy as np
+    from drpaiq_plugins_calibrators.entropy import kl_divergence_curve
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for bins in (2048, 4096):
+        counts = np.bincount(
+            np.minimum((np.abs(rng.standard_t(3, 2_000_000)) * bins / 40).astype(int), bins - 1),
+            minlength=bins,
+        )
+        times = []
+        for _ in range(30):
+            start = time.perf_counter()
+            kl_divergence_curve(counts, 128)
+            times.append((time.perf_counter() - start) * 1000)
+        out[bins] = statistics.median(times)
+    return out
+
+
+def drpaiq_argv(spec: dict[str, Any], method: str, output: Path) -> list[str]:
+    def listed(values: tuple[float, ...]) -> list[str]:
+        # The reference form: "[a," "b," "c]" as three shell words.
+        words = [f"{v:g}," for v in values]
+        words[0] = "[" + words[0]
+        words[-1] = words[-1].rstrip(",") + "]"
+        return words
+
+    return [
+        "--quiet",
+        "--reader",
+        spec["reader"],
+        "quantize",
+        "--input_model_path",
+        spec["model"],
+        "--output_model_path",
+        str(output),
+        "--calibrate_dataset",
+        spec["images"],
+        "--calibrate_method",
+        METHODS[method],
+        "--norm_mean",
+        *listed(tuple(spec["mean"])),
+        "--norm_std",
+        *listed(tuple(spec["std"])),
+    ]
+
+
+def fmt(value: float | None, width: int, digits: int = 2) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--reader", default="nchw_image")
+    parser.add_argument("--norm-mean", type=float, nargs=3, default=DEFAULT_MEAN)
+    parser.add_argument("--norm-std", type=float, nargs=3, default=DEFAULT_STD)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime quantize_static")
+    parser.add_argument("--no-drpaiq", action="store_true", help="skip the drpaiq runs")
+    args = parser.parse_args()
+    if not args.model.is_file():
+        print(f"model {args.model} not found", file=sys.stderr)
+        return 2
+
+    per_image = activation_bytes_per_image(args.model)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    fp32: dict[int, dict[str, Any]] = {}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="drpaiq-bench-") as tmp:
+        workdir = Path(tmp)
+        pool = image_pool()
+        for count in args.sizes:
+            images = make_image_set(pool, count, workdir / f"images_{count}")
+            spec = {
+                "model": str(args.model),
+                "reader": args.reader,
+                "images": str(images),
+                "mean": list(args.norm_mean),
+                "std": list(args.norm_std),
+                "workdir": str(workdir),
+            }
+            fp32[count] = run_child("fp32", spec, workdir)
+            for method in args.methods:
+                row: dict[str, Any] = {}
+                if not args.no_drpaiq:
+                    output = workdir / "drpaiq_q.onnx"
+                    child = dict(spec, argv=drpaiq_argv(spec, method, output))
+                    row["drpaiq"] = run_child("drpaiq", child, workdir)
+                    if row["drpaiq"].get("exit_code"):
+                        raise RuntimeError(f"drpaiq failed for {method} N={count}")
+                if not args.no_ort:
+                    estimate = 2 * per_image * count + 512 * 1024**2
+                    if estimate > ORT_LIMIT_BYTES:
+                        row["ort_skipped"] = estimate
+                        notes.append(
+                            f"ORT {METHODS[method]} N={count} skipped: about "
+                            f"{estimate / 1024**3:.1f} GB estimated (> 10 GB)"
+                        )
+                    else:
+                        row["ort"] = run_child("ort", dict(spec, method=method), workdir)
+                rows[(method, count)] = row
+                print(f"  measured {method} N={count}", file=sys.stderr)
+
+    print(
+        f"calibration benchmark: {args.model.name}, reader {args.reader}, batch 1, "
+        f"{os.cpu_count()} CPUs; activations {per_image / 1024**2:.1f} MB per image"
+    )
+    header = (
+        f"{'method':<10} {'N':>4} | {'drpaiq s':>8} {'RSS MB':>7} {'calib s':>7} | "
+        f"{'ORT s':>7} {'RSS MB':>7} | {'FP32 s':>6} {'load s':>6} {'decode s':>8} | "
+        f"{'calib/FP32':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for (method, count), row in rows.items():
+        ours = row.get("drpaiq", {})
+        ort = row.get("ort", {})
+        base = fp32[count]
+        calib = ours.get("calibrate_s")
+        ratio = calib / base["fp32_s"] if calib else None
+        ort_wall = "skipped" if "ort_skipped" in row else fmt(ort.get("wall_s"), 7)
+        print(
+            f"{method:<10} {count:>4} | {fmt(ours.get('wall_s'), 8)} "
+            f"{fmt(ours.get('peak_mb'), 7, 0)} {fmt(calib, 7)} | {ort_wall:>7} "
+            f"{fmt(ort.get('peak_mb'), 7, 0)} | {base['fp32_s']:>6.2f} {base['load_s']:>6.2f} "
+            f"{base['decode_s']:>8.2f} | {fmt(ratio, 10)}"
+        )
+    print(
+        "drpaiq s / RSS: whole quantize process; calib s: its calibrate() step; "
+        "FP32 s: inference only (load s: session creation, decode s: image decoding, "
+        "both outside FP32 s)"
+    )
+    for note in notes:
+        print(note)
+
+    search = entropy_search_ms()
+    print(
+        f"entropy search per tensor (synthetic): {search[2048]:.1f} ms at 2048 bins, "
+        f"{search[4096]:.1f} ms at 4096 bins (target <= 10 ms at 2048)"
+    )
+    real = [
+        ms
+        for (method, _), row in rows.items()
+        if method == "entropy"
+        for ms in row.get("drpaiq", {}).get("search_ms", [])
+    ]
+    if real:
+        print(
+            f"entropy search per tensor ({args.model.name}): median "
+            f"{statistics.median(real):.1f} ms, max {max(real):.1f} ms over {len(real)} searches"
+        )
+
+    print("targets (issue 4):")
+    largest, smallest = max(args.sizes), min(args.sizes)
+
+    def peak(method: str, count: int) -> float | None:
+        return rows.get((method, count), {}).get("drpaiq", {}).get("peak_mb")
+
+    def verdict(value: float | None, limit: float) -> str:
+        if value is None:
+            return "not measured"
+        return f"{value:.2f}x (<= {limit}x) {'ok' if value <= limit else 'MISSED'}"
+
+    for method in ("entropy", "percentile"):
+        a, b = peak(method, largest), peak(method, smallest)
+        print(
+            f"  {method} peak RSS N={largest} / N={smallest}: "
+            + verdict(a / b if a and b else None, 1.15)
+        )
+    a, b = peak("entropy", largest), peak("minmax", largest)
+    ratio = a / b if a and b else None
+    print(f"  entropy / minmax peak RSS at N={largest}: " + verdict(ratio, 1.3))
+    for method, limit in (("minmax", 1.25), ("entropy", 1.5), ("percentile", 1.5)):
+        for count in args.sizes:
+            calib = rows.get((method, count), {}).get("drpaiq", {}).get("calibrate_s")
+            base = fp32[count]
+            value = calib / base["fp32_s"] if calib else None
+            loaded = calib / (base["fp32_s"] + base["load_s"]) if calib else None
+            print(
+                f"  {method} calibration / FP32 inference at N={count}: "
+                + verdict(value, limit)
+                + (f"  [{loaded:.2f}x counting FP32 session creation]" if loaded else "")
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        sys.exit(child_main(sys.argv[2], sys.argv[3]))
+    sys.exit(main())

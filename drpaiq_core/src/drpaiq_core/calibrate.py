@@ -1,0 +1,585 @@
+"""The calibrate step of a run: measure the range of every selected tensor on the calibration data.
+
+An augmented copy of the model exposes the selected tensors as graph outputs; one ONNX
+Runtime session runs it batch by batch; every batch's values go straight into the
+calibrator's per-tensor state and are dropped. Nothing per image is kept, so memory
+does not grow with the number of calibration images.
+
+The pieces are public so that calibration can be spread out later: collect
+:class:`CalibrationStats` over disjoint parts of the data (other processes, other
+machines) with :class:`ActivationRunner`, combine them with :func:`merge_stats`, and
+:func:`finish` gives exactly the ranges of one pass over all the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from drpaiq_core.errors import UserError
+from drpaiq_core.plugin_api import Batch, Calibrator, Reader, TensorRange
+from drpaiq_core.progress import Counter, progress
+from drpaiq_core.write import EXTERNAL_DATA_THRESHOLD
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+
+log = logging.getLogger("drpaiq")
+
+#: Models whose weights take at least this many bytes go to ONNX Runtime as a file with
+#: external data (a protobuf message cannot be serialized into one buffer beyond 2 GB;
+#: the threshold leaves 100 MB for the rest of the graph).
+SESSION_FROM_FILE_BYTES = EXTERNAL_DATA_THRESHOLD
+
+#: ONNX element type FLOAT.
+_FLOAT = 1
+
+#: Run the next batch in a worker thread while the current one is folded.
+_OVERLAP = True
+
+#: The worker's end-of-data marker.
+_DONE = object()
+
+
+@dataclass
+class CalibrationResult:
+    """What calibration measured.
+
+    :ivar ranges: tensor -> range, in the order the tensors were given.
+    :ivar shapes: tensor -> observed shape; a dimension that differed between batches
+        (the batch dimension of a short last batch, a dynamic size) is ``None``.
+    :ivar nonfinite: tensor -> number of NaN/Inf values left out (only tensors that had any).
+    :ivar samples: samples seen in one pass over the data.
+    """
+
+    ranges: dict[str, TensorRange]
+    shapes: dict[str, tuple[int | None, ...]]
+    nonfinite: dict[str, int]
+    samples: int
+
+
+@dataclass
+class CalibrationStats:
+    """The calibrator states of all tensors after a pass over some of the data.
+
+    :ivar states: tensor -> calibrator state.
+    :ivar shapes: tensor -> observed shape (``None`` where batches disagreed).
+    :ivar nonfinite: tensor -> NaN/Inf values left out (counted in pass 0).
+    :ivar values: tensor -> values seen, finite or not (counted in pass 0).
+    :ivar samples: samples seen in pass 0.
+    """
+
+    states: dict[str, Any]
+    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    values: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+
+
+def _merge_shape(
+    a: tuple[int | None, ...] | None, b: tuple[int | None, ...] | None
+) -> tuple[int | None, ...] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if len(a) != len(b):
+        # A rank change between batches is a broken reader; keep the first shape.
+        return a
+    return tuple(x if x == y else None for x, y in zip(a, b))
+
+
+def merge_stats(
+    calibrator: Calibrator, a: CalibrationStats, b: CalibrationStats
+) -> CalibrationStats:
+    """Combine the stats of two disjoint parts of the data collected in the same pass
+    (calibrator states with :meth:`Calibrator.merge`, counts added, shapes joined)."""
+    names = list(a.states) + [name for name in b.states if name not in a.states]
+    states = {}
+    for name in names:
+        if name in a.states and name in b.states:
+            states[name] = calibrator.merge(a.states[name], b.states[name])
+        else:
+            states[name] = a.states[name] if name in a.states else b.states[name]
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for name in names:
+        shape = _merge_shape(a.shapes.get(name), b.shapes.get(name))
+        if shape is not None:
+            shapes[name] = shape
+    return CalibrationStats(
+        states=states,
+        shapes=shapes,
+        nonfinite=_add_counts(a.nonfinite, b.nonfinite),
+        values=_add_counts(a.values, b.values),
+        samples=a.samples + b.samples,
+    )
+
+
+def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for name, count in b.items():
+        out[name] = out.get(name, 0) + count
+    return out
+
+
+class ActivationRunner:
+    """One ONNX Runtime session over the model augmented to output ``tensors``.
+
+    Use as a context manager (or call :meth:`close`): for models of 2 GB and more the
+    augmented model lives in a temporary folder (under ``workdir`` when given) until then.
+
+    :param model: the FP32 model (not modified; its weights must be loaded).
+    :param tensors: names of float tensors to measure: node outputs or graph inputs.
+    :param workdir: where a large augmented model may be written.
+    """
+
+    def __init__(
+        self, model: onnx.ModelProto, tensors: Sequence[str], *, workdir: Path | None = None
+    ) -> None:
+        self.tensors = list(dict.fromkeys(tensors))
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        initializers = {init.name for init in model.graph.initializer}
+        self._input_names = [i.name for i in model.graph.input if i.name not in initializers]
+        graph_inputs = set(self._input_names)
+        produced = {out for node in model.graph.node for out in node.output if out}
+        missing = [t for t in self.tensors if t not in graph_inputs and t not in produced]
+        if missing:
+            raise ValueError(
+                f"cannot calibrate {missing[0]!r}: it is neither a graph input nor a node "
+                "output of the model"
+            )
+        #: Tensors taken from the feeds (graph inputs) and fetched from the session.
+        self.from_feeds = [t for t in self.tensors if t in graph_inputs]
+        self.fetched = [t for t in self.tensors if t not in graph_inputs]
+        self.session = self._open(model, workdir)
+        self._expected = {i.name: (i.shape, i.type) for i in self.session.get_inputs()}
+
+    # -- session -----------------------------------------------------------------
+
+    def _open(self, model: onnx.ModelProto, workdir: Path | None) -> onnxruntime.InferenceSession:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        # Same values for the same data, whatever the thread scheduling.
+        options.use_deterministic_compute = True
+        # Idle pool threads must not spin: between runs this process folds statistics
+        # on the same cores (measured: spinning made calibration 1.8x slower).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        existing = len(model.graph.output)
+        known = {o.name for o in model.graph.output}
+        types = _element_types(model)
+        # The outputs are added to the caller's model only while it is serialized and
+        # removed right after: a copy of a large model would double the memory.
+        try:
+            for name in self.fetched:
+                if name not in known:
+                    output = model.graph.output.add()
+                    output.name = name
+                    output.type.tensor_type.elem_type = types.get(name, _FLOAT)
+            try:
+                if _weight_bytes(model) < SESSION_FROM_FILE_BYTES:
+                    source: str | bytes = model.SerializeToString()
+                else:
+                    source = self._write_external(model, workdir)
+                return onnxruntime.InferenceSession(
+                    source, options, providers=["CPUExecutionProvider"]
+                )
+            except OSError as exc:
+                raise UserError(
+                    f"cannot stage the model for calibration in {workdir or 'the temp folder'}: "
+                    f"{exc.strerror or exc}; free some disk space or choose another folder"
+                ) from None
+            except Exception as exc:
+                raise UserError(
+                    f"ONNX Runtime cannot load the model for calibration: {_first_line(exc)}"
+                ) from None
+        finally:
+            del model.graph.output[existing:]
+
+    def _write_external(self, model: onnx.ModelProto, workdir: Path | None) -> str:
+        """Save the augmented model with every weight in one external data file, without
+        copying the weights in memory; returns the model path."""
+        import onnx
+
+        self._tempdir = tempfile.TemporaryDirectory(
+            prefix="drpaiq-calibrate-", dir=str(workdir) if workdir else None
+        )
+        folder = Path(self._tempdir.name)
+        data_name = "augmented.onnx.data"
+        shell = onnx.ModelProto()
+        for descriptor, value in model.ListFields():
+            if descriptor.name != "graph":
+                _copy_field(shell, descriptor, value)
+        for descriptor, value in model.graph.ListFields():
+            if descriptor.name != "initializer":
+                _copy_field(shell.graph, descriptor, value)
+        with open(folder / data_name, "wb") as data:
+            for init in model.graph.initializer:
+                tensor = shell.graph.initializer.add()
+                if init.data_type == onnx.TensorProto.STRING:
+                    tensor.CopyFrom(init)
+                    continue
+                tensor.name = init.name
+                tensor.data_type = init.data_type
+                tensor.dims.extend(init.dims)
+                raw = _raw_bytes(init)
+                # Page-aligned offsets let ONNX Runtime map the weights directly.
+                offset = -data.tell() % 4096 + data.tell()
+                data.seek(offset)
+                data.write(raw)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for key, entry in (
+                    ("location", data_name),
+                    ("offset", str(offset)),
+                    ("length", str(len(raw))),
+                ):
+                    item = tensor.external_data.add()
+                    item.key = key
+                    item.value = entry
+        path = folder / "augmented.onnx"
+        path.write_bytes(shell.SerializeToString())
+        return str(path)
+
+    def close(self) -> None:
+        """Release the session and remove the temporary augmented model, if any."""
+        self.session = None
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    def __enter__(self) -> ActivationRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- passes ------------------------------------------------------------------
+
+    def new_stats(self, calibrator: Calibrator) -> CalibrationStats:
+        """Empty stats: a fresh calibrator state per tensor."""
+        return CalibrationStats(states={name: calibrator.new_state() for name in self.tensors})
+
+    def run_pass(
+        self,
+        reader: Reader,
+        calibrator: Calibrator,
+        stats: CalibrationStats,
+        pass_index: int = 0,
+        *,
+        quiet: bool = False,
+        desc: str | None = None,
+    ) -> CalibrationStats:
+        """Run the reader's data once through the model and fold every tensor's finite
+        values into ``stats`` (updated in place and returned).
+
+        :raises UserError: when ONNX Runtime fails on a batch (naming the inputs and the
+            sample), when the reader yields nothing, or when a later pass yields a
+            different number of samples than pass 0.
+        """
+        total = _reader_length(reader)
+        label = desc or f"calibrate pass {pass_index + 1}/{calibrator.PASSES}"
+        seen = 0
+        with Counter(total=total, desc=label, unit="img", quiet=quiet) as counter:
+            for batch, outputs in self._outputs(reader):
+                self._fold(batch, outputs, calibrator, stats, pass_index)
+                count = _batch_size(batch.feeds)
+                seen += count
+                counter.advance(count)
+        if seen == 0:
+            name = getattr(reader, "PLUGIN_NAME", type(reader).__name__)
+            raise UserError(
+                f"the calibration reader {name!r} yielded no samples; check the calibration "
+                "dataset (folder, file types) and size_limit"
+            )
+        if pass_index == 0:
+            stats.samples += seen
+        elif seen != stats.samples:
+            raise UserError(
+                f"the calibration reader yielded {seen} samples in pass {pass_index + 1} but "
+                f"{stats.samples} in pass 1; a reader must yield the same data on every pass"
+            )
+        return stats
+
+    def _outputs(self, reader: Reader) -> Iterator[tuple[Batch, list[np.ndarray]]]:
+        """Each batch with the session's outputs for it, in the reader's order.
+
+        A worker thread reads and runs batch k+1 while the caller folds batch k: ONNX
+        Runtime and NumPy's kernels release the GIL, so statistics overlap inference.
+        At most three batches' outputs are alive at once (being computed, queued, being
+        folded), whatever the number of batches.
+        """
+        if not _OVERLAP:
+            for number, batch in enumerate(_batches(reader)):
+                yield batch, self._run(batch, number)
+            return
+        results: queue.Queue[Any] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def hand_over(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    results.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for number, batch in enumerate(_batches(reader)):
+                    if not hand_over((batch, self._run(batch, number))):
+                        return
+                hand_over(_DONE)
+            except BaseException as exc:  # handed to the caller's thread and raised there
+                hand_over(exc)
+
+        worker = threading.Thread(target=work, name="drpaiq-calibrate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = results.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
+    def _run(self, batch: Batch, number: int) -> list[np.ndarray]:
+        feeds = batch.feeds
+        self._check_feeds(feeds, batch, number)
+        if not self.fetched:
+            return []
+        try:
+            return list(self.session.run(self.fetched, feeds))
+        except Exception as exc:
+            raise UserError(
+                f"ONNX Runtime failed on calibration {_where(batch, number)}: "
+                f"{_first_line(exc)} (fed {_describe_feeds(feeds)}; the model expects "
+                f"{self._describe_expected()}); check the reader's layout, size and "
+                "normalization for this model"
+            ) from None
+
+    def _fold(
+        self,
+        batch: Batch,
+        outputs: list[np.ndarray],
+        calibrator: Calibrator,
+        stats: CalibrationStats,
+        pass_index: int,
+    ) -> None:
+        pairs = list(zip(self.fetched, outputs))
+        pairs += [(name, batch.feeds[name]) for name in self.from_feeds]
+        for name, raw in pairs:
+            values = np.asarray(raw, dtype=np.float32)
+            shape: tuple[int | None, ...] = values.shape
+            known = stats.shapes.get(name)
+            if known != shape:
+                stats.shapes[name] = _merge_shape(known, shape) or shape
+            if pass_index == 0:
+                stats.values[name] = stats.values.get(name, 0) + int(values.size)
+            # One cheap reduction tells whether any value is NaN or Inf (the sum is then
+            # not finite; so it is, rarely, for huge finite values: the mask decides).
+            if not np.isfinite(np.add.reduce(values, axis=None)):
+                finite = np.isfinite(values)
+                bad = int(values.size - np.count_nonzero(finite))
+                if bad:
+                    if pass_index == 0:
+                        stats.nonfinite[name] = stats.nonfinite.get(name, 0) + bad
+                    values = values[finite]
+            stats.states[name] = calibrator.collect(stats.states[name], values, pass_index)
+
+    def _check_feeds(self, feeds: dict[str, np.ndarray], batch: Batch, number: int) -> None:
+        missing = [name for name in self._input_names if name not in feeds]
+        unknown = [name for name in feeds if name not in self._expected]
+        if missing or unknown:
+            problem = (
+                f"no value for model input {missing[0]!r}"
+                if missing
+                else f"a value for {unknown[0]!r}, which is not a model input"
+            )
+            raise UserError(
+                f"calibration {_where(batch, number)} has {problem} (the model's inputs: "
+                f"{', '.join(self._input_names)}); check that the reader matches the model"
+            )
+
+    def _describe_expected(self) -> str:
+        return ", ".join(
+            f"{name} {_shape_text(shape)} {kind}" for name, (shape, kind) in self._expected.items()
+        )
+
+
+def finish(
+    calibrator: Calibrator,
+    stats: CalibrationStats,
+    *,
+    quiet: bool = False,
+    debug_dir: Path | None = None,
+) -> CalibrationResult:
+    """Compute every tensor's range from the final ``stats``, warn once per tensor that
+    had NaN/Inf values, and let the calibrator write its debug output."""
+    ranges: dict[str, TensorRange] = {}
+    for name in progress(
+        list(stats.states),
+        total=len(stats.states),
+        desc="searching ranges",
+        unit="tensor",
+        quiet=quiet,
+    ):
+        ranges[name] = calibrator.compute(stats.states[name])
+    nonfinite = {name: count for name, count in stats.nonfinite.items() if count}
+    for name, count in nonfinite.items():
+        total = stats.values.get(name, count)
+        log.warning(
+            f"tensor {name!r}: {count} of {total} calibration values were NaN or Inf and "
+            "were left out; check the model and the input normalization"
+        )
+    calibrator.report(ranges, debug_dir)
+    return CalibrationResult(
+        ranges=ranges, shapes=dict(stats.shapes), nonfinite=nonfinite, samples=stats.samples
+    )
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    reader: Reader,
+    calibrator: Calibrator,
+    *,
+    quiet: bool = False,
+    debug_dir: Path | None = None,
+    workdir: Path | None = None,
+) -> CalibrationResult:
+    """Measure the range of each of ``tensors`` over the reader's data.
+
+    Runs ``calibrator.PASSES`` passes over ``reader.batches()`` with one ONNX Runtime
+    session, folding each batch into the calibrator's per-tensor states, then computes
+    the ranges and calls ``calibrator.report(ranges, debug_dir)``.
+
+    :param model: the FP32 model (left unchanged).
+    :param tensors: float tensors to measure (node outputs or graph inputs).
+    :param reader: the calibration data.
+    :param calibrator: the statistic, already configured with its options.
+    :param quiet: no progress bars.
+    :param debug_dir: where the calibrator may write debug output.
+    :param workdir: where a model of 2 GB or more is staged for ONNX Runtime.
+    :raises UserError: no samples, or ONNX Runtime failing on the data.
+    """
+    with ActivationRunner(model, tensors, workdir=workdir) as runner:
+        stats = runner.new_stats(calibrator)
+        for pass_index in range(calibrator.PASSES):
+            if pass_index:
+                stats.states = {
+                    name: calibrator.next_pass(state, pass_index)
+                    for name, state in stats.states.items()
+                }
+            runner.run_pass(reader, calibrator, stats, pass_index, quiet=quiet)
+    return finish(calibrator, stats, quiet=quiet, debug_dir=debug_dir)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element types known from the model's value infos (float assumed elsewhere)."""
+    types = {}
+    for value in [*model.graph.value_info, *model.graph.output, *model.graph.input]:
+        elem = value.type.tensor_type.elem_type
+        if elem:
+            types[value.name] = elem
+    return types
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    """The bytes of the model's initializers and Constant tensors: nearly all of its
+    serialized size, and much cheaper to get than ``ByteSize()`` on a large model."""
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))
+    return sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize() for t in tensors)
+
+
+def _copy_field(target: Any, descriptor: Any, value: Any) -> None:
+    # protobuf 5+ has is_repeated; older releases only the label.
+    repeated = getattr(descriptor, "is_repeated", None)
+    if repeated is None:
+        repeated = descriptor.label == descriptor.LABEL_REPEATED
+    if repeated:
+        getattr(target, descriptor.name).extend(value)
+    elif descriptor.type == descriptor.TYPE_MESSAGE:
+        getattr(target, descriptor.name).CopyFrom(value)
+    else:
+        setattr(target, descriptor.name, value)
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    from onnx import numpy_helper
+
+    array = numpy_helper.to_array(tensor)
+    # ONNX raw data is little-endian whatever the machine.
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _reader_length(reader: Reader) -> int | None:
+    try:
+        return len(reader) or None
+    except TypeError:
+        return None
+
+
+def _batches(reader: Reader) -> Iterator[Batch]:
+    for batch in reader.batches():
+        yield batch if isinstance(batch, Batch) else Batch(feeds=dict(batch))
+
+
+def _batch_size(feeds: dict[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    if first is None:
+        return 0
+    array = np.asarray(first)
+    return int(array.shape[0]) if array.ndim else 1
+
+
+def _where(batch: Batch, number: int) -> str:
+    if batch.sources:
+        if len(batch.sources) == 1:
+            return f"sample {batch.sources[0]}"
+        return f"batch {number + 1} ({batch.sources[0]} .. {batch.sources[-1]})"
+    return f"batch {number + 1}"
+
+
+def _describe_feeds(feeds: dict[str, np.ndarray]) -> str:
+    return ", ".join(
+        f"{name} {_shape_text(np.shape(value))} {np.asarray(value).dtype}"
+        for name, value in feeds.items()
+    )
+
+
+def _shape_text(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join("?" if d is None or isinstance(d, str) else str(d) for d in shape) + "]"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    # ONNX Runtime prefixes its messages with "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ".
+    parts = line.split(" : ", 3)
+    if line.startswith("[ONNXRuntimeError]") and len(parts) == 4:
+        line = parts[3]
+    return line

@@ -1,0 +1,311 @@
+"""The reference tool's Python API, as thin adapters over drpaiq's pipeline.
+
+A script written for the DRP-AI Quantizer runs with its import lines changed to::
+
+    from drpaiq_core.compat import (
+        CalibrationMethod, NCHWDataReader, NHWCDataReader, QuantType,
+        do_preprocess, quantize_interface,
+    )
+
+- :func:`do_preprocess` and :func:`quantize_interface` have the reference's
+  signatures and defaults;
+- :class:`CalibrationMethod` and :class:`QuantType` are enums; strings (``"Entropy"``)
+  and ONNX Runtime's own enum members work as well;
+- ``NCHWDataReader``/``NHWCDataReader`` come from the installed image reader plugins
+  (``nchw_image``/``nhwc_image`` expose them through ``reference_reader()``); they are
+  looked up, and ONNX Runtime imported, only when first used.
+
+Errors are :class:`drpaiq_core.errors.UserError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from drpaiq_core.errors import UserError
+from drpaiq_core.options import (
+    UnknownOptionError,
+    apply_advanced,
+    calibrator_name,
+    parse_advanced,
+    parse_name_list,
+    parse_number_list,
+    parse_shape,
+    plugin_options,
+)
+
+if TYPE_CHECKING:
+    from drpaiq_core.config import QuantizeConfig
+    from drpaiq_core.plugins import PluginHost
+
+    # Resolved at run time by __getattr__ below (they live in the readers plugin).
+    NCHWDataReader: type
+    NHWCDataReader: type
+
+__all__ = [
+    "CalibrationMethod",
+    "NCHWDataReader",
+    "NHWCDataReader",
+    "QuantType",
+    "do_preprocess",
+    "quantize_interface",
+]
+
+
+class CalibrationMethod(enum.Enum):
+    """Calibration methods, as in the reference (and ONNX Runtime). Any installed
+    calibrator may also be named by a string."""
+
+    MinMax = 0
+    Entropy = 1
+    Percentile = 2
+
+
+class QuantType(enum.Enum):
+    """Activation/weight integer types, as in the reference (and ONNX Runtime)."""
+
+    QInt8 = 0
+    QUInt8 = 1
+
+
+#: Which image reader plugin provides each reference reader class.
+_REFERENCE_READERS = {"NCHWDataReader": "nchw_image", "NHWCDataReader": "nhwc_image"}
+
+
+@functools.cache
+def _host() -> PluginHost:
+    # One host for the API's lookups and runs, made when first needed.
+    from drpaiq_core.plugins import get_plugin_host
+
+    return get_plugin_host()
+
+
+@functools.cache
+def _reference_reader_class(name: str) -> type:
+    plugin = _REFERENCE_READERS[name]
+    cls = _host().readers.get(plugin)
+    factory = getattr(cls, "reference_reader", None)
+    if factory is None:
+        raise UserError(
+            f"the installed {plugin!r} reader ({cls.__module__}) offers no reference-compatible "
+            f"{name}; install drpaiq-plugins-readers"
+        )
+    result = factory()
+    assert isinstance(result, type)
+    return result
+
+
+def __getattr__(name: str) -> Any:
+    # NCHWDataReader/NHWCDataReader subclass ONNX Runtime's CalibrationDataReader and
+    # live in a plugin: resolve them on first use, through the plugin host.
+    if name in _REFERENCE_READERS:
+        return _reference_reader_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_REFERENCE_READERS])
+
+
+# ---------------------------------------------------------------------------
+# do_preprocess
+# ---------------------------------------------------------------------------
+
+
+def do_preprocess(
+    input_model_path: str | os.PathLike[str],
+    preprocessed_model_output: str | os.PathLike[str],
+    do_symbolic_shape_inference: bool = True,
+    do_onnx_shape_inference: bool = True,
+    do_optimization: bool = True,
+    skip_preprocess: bool = False,
+    verbose: int = 0,
+    preprocess_mode: str = "default",
+    **kwargs: Any,
+) -> Path:
+    """Pre-process a model for quantization (ONNX Runtime's quant_pre_process).
+
+    :param input_model_path: the FP32 model.
+    :param preprocessed_model_output: where the pre-processed model is written.
+    :param do_symbolic_shape_inference: run symbolic shape inference.
+    :param do_onnx_shape_inference: run ONNX shape inference.
+    :param do_optimization: run graph optimization.
+    :param skip_preprocess: turn all three off (the model is copied unchanged).
+    :param verbose: verbosity of symbolic shape inference.
+    :param preprocess_mode: ``"default"`` (post-training quantization).
+    :param kwargs: ``auto_merge``, ``int_max``, ``guess_output_rank`` for
+        ``quant_pre_process``; other keys are an error.
+    :returns: the path of the written model.
+    :raises UserError: "Pre-processing before quantization was Failed. ..." with the
+        advice to skip it, or a path problem.
+    """
+    from drpaiq_core.preprocess import PASS_THROUGH, check_mode, preprocess_model
+
+    check_mode(preprocess_mode)
+    unknown = sorted(set(kwargs) - set(PASS_THROUGH))
+    if unknown:
+        raise UserError(
+            f"do_preprocess got unknown argument(s) {', '.join(unknown)}; known extra "
+            f"arguments: {', '.join(PASS_THROUGH)}"
+        )
+    source, target = Path(input_model_path), Path(preprocessed_model_output)
+    if skip_preprocess:
+        from drpaiq_core.load import load_model
+        from drpaiq_core.write import check_output_path, write_model
+
+        model = load_model(source)
+        check_output_path(target, (source,))
+        write_model(model, target)
+        return target
+    return preprocess_model(
+        source,
+        target,
+        symbolic_shape_inference=do_symbolic_shape_inference,
+        onnx_shape_inference=do_onnx_shape_inference,
+        optimization=do_optimization,
+        mode=preprocess_mode,
+        verbose=verbose,
+        extra=kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------
+# quantize_interface
+# ---------------------------------------------------------------------------
+
+#: quantize_interface keyword arguments that are drpaiq options, not advanced options.
+API_OPTIONS = (
+    "reader",
+    "calibrate_dataset",
+    "norm_mean",
+    "norm_std",
+    "batch_size",
+    "size_limit",
+    "input_shape",
+    "tvm",
+    "datareader_path",
+    "skip_preprocess",
+    "preprocess_mode",
+    "preprocessed_model_output",
+    "debug_dir",
+    "summary_json",
+    "quiet",
+)
+
+
+def build_config(
+    input_model_path: str | os.PathLike[str],
+    output_model_path: str | os.PathLike[str],
+    datareader: Any = None,
+    calibrate_method: Any = CalibrationMethod.MinMax,
+    operate_to_exclude: Any = None,
+    node_to_exclude: Any = None,
+    *,
+    host: PluginHost | None = None,
+    **kwargs: Any,
+) -> QuantizeConfig:
+    """The :class:`~drpaiq_core.config.QuantizeConfig` :func:`quantize_interface`
+    runs with (the same arguments; ``host`` is asked for plugin-declared options)."""
+    from drpaiq_core.config import QuantizeConfig
+
+    api = {key: kwargs.pop(key) for key in list(kwargs) if key in API_OPTIONS}
+    try:
+        advanced = parse_advanced(kwargs.items(), lambda: plugin_options(host or _host()))
+    except UnknownOptionError as exc:
+        raise UserError(
+            f"quantize_interface got unknown option {exc.key!r}; known advanced options: "
+            f"{', '.join(exc.known)}; drpaiq options: {', '.join(API_OPTIONS)}"
+        ) from None
+    if datareader is None and not any(
+        api.get(key) for key in ("calibrate_dataset", "reader", "tvm", "datareader_path")
+    ):
+        raise UserError(
+            "quantize_interface needs calibration data: pass datareader=NCHWDataReader(folder, "
+            "norm_mean, norm_std, model_path) (or calibrate_dataset=DIR with norm_mean/norm_std)"
+        )
+    config = QuantizeConfig(
+        input_model=Path(input_model_path),
+        output_model=Path(output_model_path),
+        reader=api.get("reader"),
+        reader_object=datareader,
+        calibrate_dataset=_path(api.get("calibrate_dataset")),
+        calibrate_method=calibrator_name(calibrate_method),
+        norm_mean=_numbers(api.get("norm_mean"), "norm_mean"),
+        norm_std=_numbers(api.get("norm_std"), "norm_std"),
+        op_types_to_exclude=parse_name_list(operate_to_exclude),
+        nodes_to_exclude=parse_name_list(node_to_exclude),
+        # The reference's quantize_interface quantizes the model it is given; its
+        # pre-processing is the separate do_preprocess step.
+        skip_preprocess=bool(api.get("skip_preprocess", True)),
+        preprocess_mode=str(api.get("preprocess_mode", "default")),
+        preprocessed_model_output=_path(api.get("preprocessed_model_output")),
+        size_limit=int(api.get("size_limit", 0) or 0),
+        batch_size=int(api.get("batch_size", 1) or 1),
+        input_shape=parse_shape(api["input_shape"]) if api.get("input_shape") else None,
+        debug_dir=_path(api.get("debug_dir")),
+        summary_json=_path(api.get("summary_json")),
+        quiet=bool(api.get("quiet", False)),
+        tvm=bool(api.get("tvm", False)),
+        datareader_path=_path(api.get("datareader_path")),
+    )
+    if config.size_limit < 0 or config.batch_size < 1:
+        raise UserError("size_limit must be >= 0 and batch_size >= 1")
+    apply_advanced(config, advanced)
+    return config
+
+
+def quantize_interface(
+    input_model_path: str | os.PathLike[str],
+    output_model_path: str | os.PathLike[str],
+    datareader: Any = None,
+    calibrate_method: Any = CalibrationMethod.MinMax,
+    operate_to_exclude: Any = None,
+    node_to_exclude: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Quantize an FP32 ONNX model to an INT8 QDQ model, as the reference tool's
+    ``quantize_interface`` does (per-channel weights; MinMax, Entropy or any installed
+    calibrator).
+
+    :param input_model_path: the FP32 model (usually the output of :func:`do_preprocess`).
+    :param output_model_path: where the INT8 model is written.
+    :param datareader: the calibration data: ``NCHWDataReader(...)``/``NHWCDataReader(...)``,
+        any object with ``get_next()``, or a drpaiq Reader.
+    :param calibrate_method: :class:`CalibrationMethod` member or name (``"Entropy"``).
+    :param operate_to_exclude: op types to leave in float, ``"Softplus,Tanh"`` or a list.
+    :param node_to_exclude: node names to leave in float, ``"Conv_1,Add_3"`` or a list.
+    :param kwargs: advanced options (``exclude_act_func_dir="rules.csv"``,
+        ``activation_zeropoint=False``, ``percentile_value=99.99``, ``num_bins``,
+        ``num_quantized_bins``, ``entropy_debug``, ``optimize_model``,
+        ``activation_type=QuantType.QUInt8``, ``per_channel``, ...) and drpaiq options
+        (``calibrate_dataset``, ``norm_mean``, ``norm_std``, ``batch_size``,
+        ``size_limit``, ``input_shape``, ``skip_preprocess`` (default True here),
+        ``summary_json``, ``quiet``, ...). Unknown keys are an error listing the known.
+    :returns: the run's summary (``to_text()``, ``to_dict()``).
+    """
+    host = _host()
+    config = build_config(
+        input_model_path,
+        output_model_path,
+        datareader,
+        calibrate_method,
+        operate_to_exclude,
+        node_to_exclude,
+        host=host,
+        **kwargs,
+    )
+    from drpaiq_core.pipeline import quantize
+
+    return quantize(config, host=host)
+
+
+def _path(value: Any) -> Path | None:
+    return None if value is None or value == "" else Path(value)
+
+
+def _numbers(value: Any, what: str) -> tuple[float, ...] | None:
+    return None if value is None else parse_number_list(value, what)

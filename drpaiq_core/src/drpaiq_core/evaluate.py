@@ -1,0 +1,229 @@
+"""Accuracy of one or more classifiers on a labeled image folder (``drpaiq evaluate``).
+
+The folder holds one sub-folder per class; their sorted names give the class indices,
+as in torchvision's ImageFolder and the reference tool's accuracy script. Each model
+runs in its own ONNX Runtime session; images are decoded once and every model whose
+input has the same shape is run on each batch, so comparing an FP32 model with its
+INT8 version costs one pass over the images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from drpaiq_core.errors import UserError
+from drpaiq_core.plugin_api import InputSpec, ReaderContext
+from drpaiq_core.progress import Counter
+
+if TYPE_CHECKING:
+    from drpaiq_core.plugins import PluginHost
+
+log = logging.getLogger("drpaiq")
+
+#: The k of the second accuracy column.
+TOP_K = 5
+
+
+@dataclass
+class ModelScore:
+    """Correct answers of one model.
+
+    :ivar model: the model file.
+    :ivar top1: images whose best class is the label.
+    :ivar top5: images whose label is among the 5 best classes.
+    :ivar total: images seen.
+    """
+
+    model: Path
+    top1: int = 0
+    top5: int = 0
+    total: int = 0
+
+    def percent(self, correct: int) -> float:
+        """``correct`` as a percentage of the images seen."""
+        return 100.0 * correct / self.total if self.total else 0.0
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`evaluate`: one score per model, in the order given.
+
+    :ivar dataset: the labeled folder.
+    :ivar reader: the reader plugin used.
+    :ivar classes: class folder names, in index order.
+    :ivar scores: one per model; the first is the baseline of the deltas.
+    """
+
+    dataset: Path
+    reader: str
+    classes: list[str] = field(default_factory=list)
+    scores: list[ModelScore] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        """Images evaluated (the same for every model)."""
+        return self.scores[0].total if self.scores else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form; accuracies and deltas in percent (points)."""
+        base = self.scores[0] if self.scores else None
+        rows = []
+        for score in self.scores:
+            top1, top5 = score.percent(score.top1), score.percent(score.top5)
+            row: dict[str, Any] = {
+                "model": str(score.model),
+                "top1": round(top1, 4),
+                "top5": round(top5, 4),
+                "top1_correct": score.top1,
+                "top5_correct": score.top5,
+                "images": score.total,
+            }
+            if base is not None and score is not base:
+                row["delta_top1"] = round(top1 - base.percent(base.top1), 4)
+                row["delta_top5"] = round(top5 - base.percent(base.top5), 4)
+            rows.append(row)
+        return {
+            "dataset": str(self.dataset),
+            "reader": self.reader,
+            "classes": self.classes,
+            "images": self.images,
+            "models": rows,
+        }
+
+    def to_text(self) -> str:
+        """A table: model, top-1, top-5 and the deltas to the first model (points)."""
+        header = ("model", "top-1", "top-5", "delta top-1", "delta top-5")
+        table = [header]
+        for row in self.to_dict()["models"]:
+            table.append(
+                (
+                    row["model"],
+                    f"{row['top1']:.2f}%",
+                    f"{row['top5']:.2f}%",
+                    f"{row['delta_top1']:+.2f}" if "delta_top1" in row else "",
+                    f"{row['delta_top5']:+.2f}" if "delta_top5" in row else "",
+                )
+            )
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        lines = [
+            f"{self.images} images, {len(self.classes)} classes in {self.dataset} "
+            f"(reader {self.reader})"
+        ]
+        for r in table:
+            cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+            lines.append("  ".join(cells).rstrip())
+        return "\n".join(lines)
+
+
+def _signature(inputs: Sequence[InputSpec]) -> tuple[Any, ...]:
+    # Models whose inputs agree in everything but their names share decoded images.
+    return tuple((tuple(spec.shape), spec.dtype.str) for spec in inputs)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"ONNX Runtime cannot run model {path}: {first}") from None
+
+
+def evaluate(
+    models: Sequence[Path],
+    *,
+    dataset: Path,
+    host: PluginHost,
+    reader: str = "nchw_image",
+    norm_mean: tuple[float, ...] | None = None,
+    norm_std: tuple[float, ...] | None = None,
+    batch_size: int = 32,
+    size_limit: int = 0,
+    input_shape: tuple[int, ...] | None = None,
+    quiet: bool = False,
+) -> Evaluation:
+    """Top-1 and top-5 accuracy of each model on the labeled folder ``dataset``.
+
+    :param models: model files; the first is the baseline of the deltas.
+    :param reader: the image reader plugin (``nchw_image`` or ``nhwc_image``).
+    :param quiet: no progress bar.
+    :raises UserError: a bad model, folder, normalization, or a model whose output
+        has fewer classes than the folder.
+    """
+    from drpaiq_core.datasource import ValidatingReader, make_reader, warn_user
+    from drpaiq_core.load import load_model, model_inputs
+
+    if not models:
+        raise UserError("no model given: drpaiq evaluate MODEL [MODEL...] --dataset DIR")
+    loaded = []
+    for path in models:
+        model = load_model(path)
+        loaded.append((Path(path), model_inputs(model)))
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, (_, inputs) in enumerate(loaded):
+        groups.setdefault(_signature(inputs), []).append(index)
+
+    result = Evaluation(dataset=dataset, reader=reader)
+    result.scores = [ModelScore(path) for path, _ in loaded]
+    for members in groups.values():
+        first_path, first_inputs = loaded[members[0]]
+        context = ReaderContext(
+            dataset=dataset,
+            model_path=first_path,
+            inputs=first_inputs,
+            norm_mean=norm_mean,
+            norm_std=norm_std,
+            size_limit=size_limit,
+            batch_size=batch_size,
+            input_shape=input_shape,
+            labeled=True,
+            warn=warn_user,
+        )
+        data = ValidatingReader(make_reader(host, reader, context), first_inputs)
+        result.classes = list(getattr(data, "class_names", []) or [])
+        sessions = [_session(loaded[i][0]) for i in members]
+        label = f"evaluating {len(members)} models" if len(members) > 1 else "evaluating"
+        with Counter(total=len(data), desc=label, unit="img", quiet=quiet) as bar:
+            for batch in data.batches():
+                if batch.labels is None:
+                    raise UserError(f"reader {reader} gave no class labels; use an image reader")
+                labels = np.asarray(batch.labels)
+                feeds_in_order = [batch.feeds[spec.name] for spec in first_inputs]
+                for index, session in zip(members, sessions):
+                    path, inputs = loaded[index]
+                    feeds = {spec.name: v for spec, v in zip(inputs, feeds_in_order)}
+                    _score(result.scores[index], session, feeds, labels, len(result.classes))
+                bar.advance(len(labels))
+    return result
+
+
+def _score(
+    score: ModelScore, session: Any, feeds: dict[str, np.ndarray], labels: np.ndarray, classes: int
+) -> None:
+    output = session.get_outputs()[0].name
+    logits = np.asarray(session.run([output], feeds)[0])
+    if logits.ndim < 2 or logits.shape[0] != labels.shape[0]:
+        raise UserError(
+            f"model {score.model}: output {output!r} has shape {list(logits.shape)}; evaluate "
+            "needs class scores of shape [N, classes]"
+        )
+    logits = logits.reshape(logits.shape[0], -1)
+    if logits.shape[1] < classes:
+        raise UserError(
+            f"model {score.model} scores {logits.shape[1]} classes but the dataset has "
+            f"{classes} class folders; check --dataset"
+        )
+    # A stable sort makes ties resolve to the lower class index on every platform.
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
+    score.top1 += int(np.sum(order[:, 0] == labels))
+    score.top5 += int(np.sum(np.any(order == labels[:, None], axis=1)))
+    score.total += int(labels.shape[0])

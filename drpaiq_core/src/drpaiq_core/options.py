@@ -1,0 +1,344 @@
+"""User options shared by the command line and the reference-compatible Python API.
+
+The reference tool takes *advanced options* as bare ``key value`` pairs after all
+other options on its command line (``exclude_act_func_dir rules.csv``) and as keyword
+arguments of ``quantize_interface``. :data:`ADVANCED_OPTIONS` is the one list of
+them; both front ends parse with :func:`parse_advanced` and apply the result to a
+:class:`~drpaiq_core.config.QuantizeConfig` with :func:`apply_advanced`.
+
+Keys match without regard to case, ``_`` or ``-``, so ONNX Runtime's spellings
+(``ActivationType``) work beside the reference's (``activation_type``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from drpaiq_core.errors import UserError
+
+if TYPE_CHECKING:
+    from drpaiq_core.plugins import PluginHost
+
+
+@dataclass(frozen=True)
+class AdvancedOption:
+    """One advanced option.
+
+    :ivar name: its canonical spelling (the key in ``QuantizeConfig.options``).
+    :ivar kind: ``bool``, ``int``, ``float``, ``path``, ``quant_type``, or ``plugin``
+        (declared by a plugin's ``OPTIONS``; the value is passed on unchecked).
+    :ivar help: one line for documentation and error messages.
+    :ivar aliases: other accepted spellings.
+    :ivar minimum: smallest accepted value (numbers).
+    :ivar maximum: largest accepted value (numbers).
+    :ivar field: the ``QuantizeConfig`` field the option sets, if any.
+    """
+
+    name: str
+    kind: str
+    help: str
+    aliases: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    field: str | None = None
+
+
+#: Every advanced option drpaiq knows, in documentation order.
+ADVANCED_OPTIONS: tuple[AdvancedOption, ...] = (
+    AdvancedOption(
+        "exclude_act_func_dir",
+        "path",
+        "CSV file of activation-function patterns left in float (one pattern per line)",
+        field="pattern_file",
+    ),
+    AdvancedOption(
+        "activation_zeropoint",
+        "bool",
+        "True (default): asymmetric activations with a zero point; False: symmetric",
+        field="activation_symmetric",
+    ),
+    AdvancedOption(
+        "activation_symmetric",
+        "bool",
+        "True: symmetric activations (ONNX Runtime's ActivationSymmetric)",
+        field="activation_symmetric",
+    ),
+    AdvancedOption(
+        "activation_type",
+        "quant_type",
+        "QInt8 (default) or QUInt8 activations",
+        field="activation_type",
+    ),
+    AdvancedOption("weight_type", "quant_type", "QInt8 only: weights are signed and symmetric"),
+    AdvancedOption(
+        "per_channel", "bool", "per-channel weights (default True)", field="per_channel"
+    ),
+    AdvancedOption(
+        "optimize_model", "bool", "graph optimization in the preprocessing step (default True)"
+    ),
+    AdvancedOption(
+        "percentile_value",
+        "float",
+        "Percentile calibration's percentile (default 99.999)",
+        minimum=0.0,
+        maximum=100.0,
+    ),
+    AdvancedOption(
+        "num_bins", "int", "histogram bins of Entropy/Percentile calibration", minimum=2
+    ),
+    AdvancedOption(
+        "num_quantized_bins", "int", "quantized levels of the Entropy search", minimum=2
+    ),
+    AdvancedOption(
+        "entropy_debug",
+        "path",
+        "folder for calibration debug output (histograms, KL curves, thresholds)",
+        field="debug_dir",
+    ),
+)
+
+
+class UnknownOptionError(UserError):
+    """An advanced option name that neither the core nor a plugin knows."""
+
+    def __init__(self, key: str, known: list[str]) -> None:
+        super().__init__(
+            f"unknown advanced option {key!r}; known advanced options: {', '.join(known)}"
+        )
+        self.key = key
+        self.known = known
+
+
+def _norm_key(key: str) -> str:
+    return re.sub(r"[_\-\s]", "", key).lower()
+
+
+_BY_KEY: dict[str, AdvancedOption] = {
+    _norm_key(alias): option
+    for option in ADVANCED_OPTIONS
+    for alias in (option.name, *option.aliases)
+}
+
+
+def known_option_names() -> list[str]:
+    """The canonical advanced option names of the core, in documentation order."""
+    return [option.name for option in ADVANCED_OPTIONS]
+
+
+def find_option(key: str) -> AdvancedOption | None:
+    """The core option ``key`` names (any case, ``_``/``-`` ignored), or None."""
+    return _BY_KEY.get(_norm_key(key))
+
+
+def plugin_options(host: PluginHost) -> dict[str, str]:
+    """Advanced options that installed plugins declare (their ``OPTIONS``): name -> help.
+    Fills every registry, so call it only when a key is not one of the core's."""
+    found: dict[str, str] = {}
+    for registry in host.iter_registry():
+        for entry in registry.entries():
+            for name, text in dict(getattr(entry.cls, "OPTIONS", {}) or {}).items():
+                found.setdefault(str(name), str(text))
+    return found
+
+
+def get_option(key: str, extra: Mapping[str, str] | None = None) -> AdvancedOption:
+    """The option ``key`` names, among the core's and the names in ``extra`` (plugin
+    options, passed on unchecked); an unknown key is a :class:`UserError` listing all."""
+    option = find_option(key)
+    if option is not None:
+        return option
+    for name, text in (extra or {}).items():
+        if _norm_key(name) == _norm_key(key):
+            return AdvancedOption(name, "plugin", text)
+    names = known_option_names() + sorted(n for n in (extra or {}) if find_option(n) is None)
+    raise UnknownOptionError(key, names)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_bool(value: Any, what: str) -> bool:
+    """``True``/``False`` (any case), 1/0, yes/no, on/off, or a Python bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise UserError(f"{what} must be True or False; got {value!r}")
+
+
+def quant_type_name(value: Any, what: str) -> str:
+    """``int8`` or ``uint8`` from ``QInt8``/``QUInt8``/``int8``/``uint8`` or an enum
+    member with such a name (drpaiq's or ONNX Runtime's ``QuantType``)."""
+    text = str(getattr(value, "name", value)).strip().lower()
+    if text in ("qint8", "int8", "s8"):
+        return "int8"
+    if text in ("quint8", "uint8", "u8"):
+        return "uint8"
+    raise UserError(f"{what} must be QInt8 or QUInt8; got {value!r}")
+
+
+def canonical_value(option: AdvancedOption, value: Any) -> str:
+    """The option's value checked and written canonically (the string kept in
+    ``QuantizeConfig.options``)."""
+    what = f"advanced option {option.name}"
+    if option.kind == "plugin":
+        return str(getattr(value, "name", value))
+    if option.kind == "bool":
+        return str(parse_bool(value, what))
+    if option.kind == "quant_type":
+        name = quant_type_name(value, what)
+        if option.name == "weight_type" and name != "int8":
+            raise UserError("weight_type must be QInt8: drpaiq's weights are signed and symmetric")
+        return name
+    if option.kind == "path":
+        text = str(value).strip()
+        if not text:
+            raise UserError(f"{what} needs a path")
+        return str(Path(text))
+    number: float
+    try:
+        number = int(str(value).strip()) if option.kind == "int" else float(str(value).strip())
+    except ValueError:
+        kind = "a whole number" if option.kind == "int" else "a number"
+        raise UserError(f"{what} must be {kind}; got {value!r}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{what} must be finite; got {value!r}")
+    if option.minimum is not None and number < option.minimum:
+        raise UserError(f"{what} must be at least {option.minimum:g}; got {value!r}")
+    if option.maximum is not None and number > option.maximum:
+        raise UserError(f"{what} must be at most {option.maximum:g}; got {value!r}")
+    if option.name == "percentile_value" and number <= 0:
+        raise UserError(f"{what} must be above 0; got {value!r}")
+    return str(number)
+
+
+def parse_advanced(
+    pairs: Iterable[tuple[str, Any]], plugin_names: Callable[[], Mapping[str, str]] | None = None
+) -> dict[str, str]:
+    """Check ``(key, value)`` pairs; returns canonical name -> canonical value. A key
+    given twice keeps its last value, as command lines usually do.
+
+    :param plugin_names: called (once, and only if a key is not one of the core's) for
+        the advanced options plugins declare, e.g. ``lambda: plugin_options(host)``;
+        their values are kept as strings for the plugin to check.
+    """
+    options: dict[str, str] = {}
+    extra: Mapping[str, str] | None = None
+    for key, value in pairs:
+        if find_option(key) is None and extra is None and plugin_names is not None:
+            extra = plugin_names()
+        option = get_option(key, extra)
+        options[option.name] = canonical_value(option, value)
+    return options
+
+
+def _field_value(option: AdvancedOption, value: str) -> Any:
+    if option.kind == "bool":
+        flag = value == "True"
+        # activation_zeropoint False means "no zero point": symmetric activations.
+        return (not flag) if option.name == "activation_zeropoint" else flag
+    if option.kind == "path":
+        return Path(value)
+    return value
+
+
+def apply_advanced(config: Any, options: Mapping[str, str]) -> None:
+    """Record ``options`` (from :func:`parse_advanced`) in ``config.options`` and set
+    the :class:`~drpaiq_core.config.QuantizeConfig` fields they stand for. An option
+    that contradicts a field the user already set otherwise is a :class:`UserError`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name, value in options.items():
+        option = find_option(name)
+        config.options[name if option is None else option.name] = value
+        if option is None or option.field is None:
+            continue
+        wanted = _field_value(option, value)
+        current = getattr(config, option.field)
+        if current != defaults.get(option.field) and current != wanted:
+            raise UserError(
+                f"advanced option {option.name} {value} contradicts another option that set "
+                f"{option.field} to {current}; give only one"
+            )
+        setattr(config, option.field, wanted)
+
+
+def option_bool(options: Mapping[str, str], name: str, default: bool) -> bool:
+    """A boolean advanced option from ``QuantizeConfig.options``, or ``default``."""
+    value = options.get(name)
+    return default if value is None else parse_bool(value, f"advanced option {name}")
+
+
+# ---------------------------------------------------------------------------
+# Values that arrive as text on the command line or as Python objects
+# ---------------------------------------------------------------------------
+
+
+def parse_number_list(value: Any, what: str) -> tuple[float, ...]:
+    """Numbers from ``[0.4914, 0.4822, 0.4465]``, ``0.1,0.2,0.3``, ``0.1 0.2 0.3``,
+    ``(0.1, 0.2, 0.3)`` or a Python sequence of numbers."""
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[\s,;]+", value.strip().strip("[]()")) if p]
+    elif isinstance(value, (int, float)):
+        parts = [str(value)]
+    else:
+        try:
+            parts = [str(v) for v in value]
+        except TypeError:
+            raise UserError(f"{what} must be a list of numbers; got {value!r}") from None
+    numbers = []
+    for part in parts:
+        try:
+            numbers.append(float(part.strip().strip("[]()")))
+        except ValueError:
+            raise UserError(
+                f"{what}: {part!r} is not a number; write e.g. {what} [0.485,0.456,0.406]"
+            ) from None
+    if not numbers:
+        raise UserError(f"{what} needs numbers, e.g. {what} [0.485,0.456,0.406]")
+    return tuple(numbers)
+
+
+def parse_name_list(value: Any) -> tuple[str, ...]:
+    """Names from ``"Softplus,Tanh"`` or a sequence of names (each may hold commas)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else list(value)
+    names: list[str] = []
+    for item in items:
+        names.extend(part.strip() for part in str(item).split(",") if part.strip())
+    return tuple(names)
+
+
+def parse_shape(value: Any, what: str = "--input-shape") -> tuple[int, ...]:
+    """A shape from ``1,3,224,224``, ``1x3x224x224``, ``[1, 3, 224, 224]`` or a sequence."""
+    if isinstance(value, str):
+        text = re.sub(r"(?<=\d)\s*[xX]\s*(?=\d)", ",", value.strip().strip("[]()"))
+        parts = [p for p in re.split(r"[\s,]+", text) if p]
+    else:
+        parts = [str(v) for v in value]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"{what} must be whole numbers like 1,3,224,224; got {value!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise UserError(f"{what} must be positive whole numbers like 1,3,224,224; got {value!r}")
+    return dims
+
+
+def calibrator_name(value: Any) -> str:
+    """A calibrator plugin name from a string (``MinMax``) or an enum member
+    (drpaiq's or ONNX Runtime's ``CalibrationMethod``)."""
+    text = str(getattr(value, "name", value)).strip()
+    if not text:
+        raise UserError("calibrate_method is empty; use MinMax, Entropy or Percentile")
+    return text.lower()

@@ -1,0 +1,227 @@
+"""Step 2 of a run: ONNX Runtime's quantization pre-processing.
+
+:func:`preprocess_model` wraps ``onnxruntime.quantization.shape_inference.
+quant_pre_process``: symbolic shape inference, graph optimization (constant folding,
+BatchNormalization fusion) and ONNX shape inference, each switchable. It is optional:
+quantization works on the raw model, and ``--skip_preprocess`` skips this step.
+
+Failures: when symbolic shape inference alone fails (it does on some graphs that the
+other two steps handle), the step is retried without it and a warning says so. Any
+other failure is a :class:`UserError` beginning with the reference tool's message
+"Pre-processing before quantization was Failed." and the advice to skip the step.
+ONNX Runtime logs a failed graph optimization instead of raising; that becomes a
+warning and the result of the other steps is used.
+
+The output is written atomically (a staging folder beside it, then a rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from drpaiq_core.errors import UserError
+from drpaiq_core.options import option_bool
+from drpaiq_core.write import EXTERNAL_DATA_THRESHOLD, check_output_path, write_model
+
+if TYPE_CHECKING:
+    from drpaiq_core.config import QuantizeConfig
+
+log = logging.getLogger("drpaiq")
+
+#: The reference tool's message for a failed pre-processing step (kept verbatim, so
+#: that users who search for it find the advice).
+REFERENCE_FAILURE = "Pre-processing before quantization was Failed."
+#: The modes ``--preprocess_mode`` accepts ("default" is post-training quantization).
+PREPROCESS_MODES = ("default",)
+#: Extra keyword arguments of ``do_preprocess`` passed on to ``quant_pre_process``.
+PASS_THROUGH = ("auto_merge", "int_max", "guess_output_rank")
+
+
+class _Captured(logging.Handler):
+    """Collects ONNX Runtime's Python log records during pre-processing, so that its
+    tracebacks do not reach the user's terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` lower-cased if it is a known preprocessing mode, else a UserError."""
+    value = str(mode).strip().lower()
+    if value not in PREPROCESS_MODES:
+        raise UserError(
+            f"unknown --preprocess_mode {mode!r}; known modes: {', '.join(PREPROCESS_MODES)} "
+            "(post-training quantization)"
+        )
+    return value
+
+
+def preprocess_model(
+    input_path: Path,
+    output_path: Path,
+    *,
+    symbolic_shape_inference: bool = True,
+    onnx_shape_inference: bool = True,
+    optimization: bool = True,
+    mode: str = "default",
+    verbose: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Pre-process ``input_path`` into ``output_path`` and return ``output_path``.
+
+    :param symbolic_shape_inference: run ONNX Runtime's symbolic shape inference.
+    :param onnx_shape_inference: run ONNX shape inference.
+    :param optimization: run ONNX Runtime's basic graph optimizations.
+    :param mode: ``--preprocess_mode``; only ``default`` exists.
+    :param verbose: ONNX Runtime's verbosity for symbolic shape inference (0 = quiet).
+    :param extra: further ``quant_pre_process`` arguments (``auto_merge``, ``int_max``,
+        ``guess_output_rank``).
+    :raises UserError: the step failed ("Pre-processing before quantization was
+        Failed. ..."), or the paths are wrong.
+    """
+    check_mode(mode)
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise UserError(f"model {input_path} does not exist; check the path")
+    check_output_path(output_path, (input_path,))
+    big = _model_bytes(input_path) >= EXTERNAL_DATA_THRESHOLD
+    # The staging folder sits beside the output so that the final rename stays on one
+    # file system, and disappears even when the step fails.
+    with tempfile.TemporaryDirectory(
+        prefix=".drpaiq-preprocess-", dir=str(output_path.parent)
+    ) as staging:
+        staged = Path(staging) / "preprocessed.onnx"
+        settings = {
+            "skip_symbolic_shape": not symbolic_shape_inference,
+            "skip_onnx_shape": not onnx_shape_inference,
+            "skip_optimization": not optimization,
+            "verbose": verbose,
+            **(extra or {}),
+        }
+        if big:
+            settings.update(
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                external_data_location="preprocessed.onnx.data",
+            )
+        try:
+            _run(input_path, staged, settings)
+        except Exception as exc:
+            if not symbolic_shape_inference:
+                raise _failure(exc) from None
+            log.warning(
+                f"symbolic shape inference failed ({_first_line(exc)}); pre-processing without it"
+            )
+            try:
+                _run(input_path, staged, {**settings, "skip_symbolic_shape": True})
+            except Exception as again:
+                raise _failure(again) from None
+        import onnx
+
+        try:
+            model = onnx.load(str(staged))
+        except Exception as exc:
+            raise _failure(exc) from None
+        write_model(model, output_path)
+    return output_path
+
+
+def preprocess_settings(config: QuantizeConfig) -> dict[str, Any] | None:
+    """The :func:`preprocess_model` keyword arguments a run's options ask for, or None
+    when pre-processing is skipped. The advanced option ``optimize_model False`` turns
+    the graph-optimization step off."""
+    if config.skip_preprocess:
+        return None
+    return {
+        "mode": config.preprocess_mode,
+        "optimization": option_bool(config.options, "optimize_model", True),
+    }
+
+
+@contextlib.contextmanager
+def _working_directory(folder: Path) -> Iterator[None]:
+    # ONNX Runtime's symbolic shape inference saves "sym_shape_infer_temp.onnx" into
+    # the current directory when it fails; run it in the staging folder instead.
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _run(input_path: Path, output_path: Path, settings: dict[str, Any]) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    input_path, output_path = input_path.resolve(), output_path.resolve()
+
+    ort_logger = logging.getLogger("onnxruntime")
+    captured = _Captured()
+    saved_propagate, saved_level = ort_logger.propagate, ort_logger.level
+    ort_logger.addHandler(captured)
+    ort_logger.propagate = False
+    ort_logger.setLevel(logging.DEBUG if settings.get("verbose") else logging.WARNING)
+    try:
+        with _working_directory(output_path.parent):
+            quant_pre_process(str(input_path), str(output_path), **settings)
+    finally:
+        ort_logger.removeHandler(captured)
+        ort_logger.propagate, ort_logger.level = saved_propagate, saved_level
+    for record in captured.records:
+        message = record.getMessage().strip()
+        if record.levelno >= logging.ERROR and "Optimization Failed" in message:
+            log.warning(
+                "ONNX Runtime's graph optimization failed during pre-processing; the model "
+                "is used without it"
+            )
+        elif record.levelno >= logging.WARNING and message and "Traceback" not in message:
+            log.debug(f"pre-processing: {_first_line(message)}")
+    if not output_path.is_file():
+        raise RuntimeError("ONNX Runtime wrote no pre-processed model")
+
+
+def _failure(exc: BaseException) -> UserError:
+    return UserError(
+        f"{REFERENCE_FAILURE} ({type(exc).__name__}: {_first_line(exc)}) Rerun with "
+        "--skip_preprocess (Python: skip_preprocess=True) to quantize the model as it is"
+    )
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0][:300] if text else type(value).__name__
+
+
+def _model_bytes(path: Path) -> int:
+    """The model file's size plus any external data files beside it (an estimate that
+    decides whether the pre-processed model is saved with external data)."""
+    total = path.stat().st_size
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        model = onnx.load(str(path), load_external_data=False)
+        locations = {
+            entry.value
+            for tensor in _get_all_tensors(model)
+            if uses_external_data(tensor)
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    except Exception:
+        return total
+    for location in locations:
+        candidate = path.parent / location
+        if candidate.is_file():
+            total += os.path.getsize(candidate)
+    return total

@@ -1,0 +1,104 @@
+"""Percentile calibration: clip the rarest values of each tail.
+
+With ``percentile_value`` ``p`` (default 99.999), the range is cut where at most
+``(100 - p)`` percent of the values lie above it, and likewise below: both tails of
+signed data are clipped independently; for data that is never negative the lower end
+stays at the minimum (usually the zeros after ReLU). The cut points are read from the
+one-pass, exactly mergeable histogram of :mod:`drpaiq_plugins_calibrators.histogram`
+(at least ``num_bins`` bins over the data's magnitude) and rounded outward to bin edges,
+never beyond the values seen. ``p = 100`` gives exactly MinMax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from drpaiq_core.plugin_api import Calibrator, TensorRange
+
+from drpaiq_plugins_calibrators import debug_plots, histogram
+from drpaiq_plugins_calibrators._options import float_option, int_option
+
+DEFAULT_PERCENTILE = 99.999
+DEFAULT_NUM_BINS = 2048
+MAX_BINS = 1 << 16
+
+
+class PercentileCalibrator(Calibrator):
+    """Range = the ``percentile_value`` cut of each tail (options: ``percentile_value``,
+    ``num_bins``)."""
+
+    PLUGIN_NAME: ClassVar[str] = "percentile"
+    DESCRIPTION: ClassVar[str] = "range = percentile_value cut of each tail of a fine histogram"
+    ALIASES: ClassVar[tuple[str, ...]] = ("Percentile",)
+    PASSES: ClassVar[int] = 1
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.percentile = float_option(
+            self.options, "percentile_value", DEFAULT_PERCENTILE, above=50.0, at_most=100.0
+        )
+        self.num_bins = int_option(
+            self.options, "num_bins", DEFAULT_NUM_BINS, low=16, high=MAX_BINS
+        )
+
+    def new_state(self) -> histogram.HistogramState:
+        """An empty histogram with ``2 * num_bins`` bins per side."""
+        return histogram.HistogramState(capacity=2 * self.num_bins)
+
+    def collect(
+        self, state: histogram.HistogramState, values: np.ndarray, pass_index: int
+    ) -> histogram.HistogramState:
+        """Fold a batch of finite values into the histogram."""
+        histogram.add_values(state, values)
+        return state
+
+    def merge(
+        self, a: histogram.HistogramState, b: histogram.HistogramState
+    ) -> histogram.HistogramState:
+        """Exact merge (see :mod:`drpaiq_plugins_calibrators.histogram`)."""
+        return histogram.merge(a, b)
+
+    def compute(self, state: histogram.HistogramState) -> TensorRange:
+        """The two tail cuts; the details keep the signed histogram for :meth:`report`."""
+        details: dict[str, Any] = {
+            "method": "percentile",
+            "count": state.count,
+            "num_bins": self.num_bins,
+            "percentile": self.percentile,
+        }
+        if state.count == 0:
+            details["empty"] = True
+            return TensorRange(0.0, 0.0, details)
+        counts, lower, upper = histogram.signed_bins(state)
+        cum = np.cumsum(counts)
+        tail = (100.0 - self.percentile) / 100.0 * state.count
+        # Lowest bin with more than `tail` values at or below it: fewer than `tail`
+        # values lie strictly below its lower edge. Mirror for the top.
+        low_bin = int(np.searchsorted(cum, tail, side="right"))
+        high_bin = int(np.searchsorted(cum, state.count - tail, side="left"))
+        low_bin = min(low_bin, counts.size - 1)
+        high_bin = min(high_bin, counts.size - 1)
+        rmin = max(state.vmin, float(lower[low_bin]))
+        rmax = min(state.vmax, float(upper[high_bin]))
+        details.update(
+            min=state.vmin,
+            max=state.vmax,
+            bin_width=state.width,
+            histogram=counts,
+            histogram_lower=lower,
+            histogram_upper=upper,
+        )
+        return TensorRange(rmin, rmax, details)
+
+    def report(self, ranges: Mapping[str, TensorRange], debug_dir: Path | None) -> None:
+        """With ``debug_dir``: one PNG per tensor (histogram and cuts) and
+        ``calibration.json``."""
+        if debug_dir is None:
+            return
+        settings = {"num_bins": self.num_bins, "percentile_value": self.percentile}
+        debug_plots.write_report(
+            debug_dir, "percentile", settings, ranges, plot=debug_plots.plot_percentile
+        )

@@ -1,0 +1,283 @@
+"""The built-in calibrators: ranges, exact merging, options, registration."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from drpaiq_core.errors import UserError
+from drpaiq_core.plugin_api import Calibrator, TensorRange
+from drpaiq_core.plugins import get_plugin_host
+from drpaiq_plugins_calibrators.entropy import SMOOTHING, EntropyCalibrator, kl_divergence_curve
+from drpaiq_plugins_calibrators.minmax import MinMaxCalibrator
+from drpaiq_plugins_calibrators.percentile import PercentileCalibrator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drpaiq_plugins_calibrators import plugin
+
+CALIBRATORS = [MinMaxCalibrator, EntropyCalibrator, PercentileCalibrator]
+
+
+def run(calibrator: Calibrator, batches: list[np.ndarray]) -> TensorRange:
+    state = calibrator.new_state()
+    for batch in batches:
+        state = calibrator.collect(state, batch, 0)
+    return calibrator.compute(state)
+
+
+def same_range(a: TensorRange, b: TensorRange) -> None:
+    assert (a.rmin, a.rmax) == (b.rmin, b.rmax)
+    assert a.details.keys() == b.details.keys()
+    for key, value in a.details.items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(b.details[key]), err_msg=key)
+
+
+def heavy_tailed(rng: np.random.Generator, size: int, outliers: int = 0) -> np.ndarray:
+    bulk = rng.laplace(scale=1.0, size=size)
+    far = rng.choice([-1.0, 1.0], outliers) * rng.uniform(500, 1000, outliers)
+    return np.concatenate([bulk, far]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Mergeable and exact: chunks, batch size and order do not matter
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    cuts=st.lists(st.integers(0, 64), max_size=6),
+    cls=st.sampled_from(CALIBRATORS),
+)
+def test_chunks_merged_in_any_order_give_exactly_one_pass(
+    seed: int, cuts: list[int], cls: type[Calibrator]
+) -> None:
+    rng = np.random.default_rng(seed)
+    # 64 "images" of activations whose spread varies a lot between images, so the
+    # histogram grid widens while the data streams in.
+    images = [
+        (rng.standard_t(3, size=(4, 6, 6)) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
+        for _ in range(64)
+    ]
+    calibrator = cls({"num_bins": 256})
+    reference = run(calibrator, [np.stack(images)])
+    for batch_size in (1, 8, 32):
+        batches = [np.stack(images[i : i + batch_size]) for i in range(0, 64, batch_size)]
+        same_range(run(calibrator, batches), reference)
+    shuffled = [images[i] for i in rng.permutation(64)]
+    same_range(run(calibrator, shuffled), reference)
+
+    bounds = sorted({0, 64, *cuts})
+    states = []
+    for a, b in itertools.pairwise(bounds):
+        state = calibrator.new_state()
+        for image in images[a:b]:
+            state = calibrator.collect(state, image, 0)
+        states.append(state)
+    merged = calibrator.new_state()
+    for i in rng.permutation(len(states)):
+        merged = calibrator.merge(merged, states[i])
+    same_range(calibrator.compute(merged), reference)
+
+
+@pytest.mark.parametrize("cls", CALIBRATORS)
+def test_state_size_does_not_grow_with_batches(cls: type[Calibrator]) -> None:
+    calibrator = cls()
+    rng = np.random.default_rng(0)
+    state = calibrator.collect(calibrator.new_state(), rng.standard_normal(100), 0)
+    size = len(repr(state.__dict__.keys())) + sum(
+        np.asarray(v).nbytes for v in state.__dict__.values()
+    )
+    for _ in range(200):
+        state = calibrator.collect(state, rng.standard_normal(100) * 3, 0)
+    assert (
+        len(repr(state.__dict__.keys()))
+        + sum(np.asarray(v).nbytes for v in state.__dict__.values())
+        == size
+    )
+
+
+@pytest.mark.parametrize("cls", CALIBRATORS)
+def test_empty_and_constant_tensors(cls: type[Calibrator]) -> None:
+    calibrator = cls()
+    empty = calibrator.compute(calibrator.new_state())
+    assert (empty.rmin, empty.rmax) == (0.0, 0.0) and empty.details["empty"]
+    for value in (0.0, 2.5, -1e-35):
+        got = run(calibrator, [np.full((3, 5), value, dtype=np.float32)])
+        assert (got.rmin, got.rmax) == (np.float32(value), np.float32(value))
+
+
+# ---------------------------------------------------------------------------
+# MinMax
+# ---------------------------------------------------------------------------
+
+
+def test_minmax_is_the_extremes() -> None:
+    got = run(MinMaxCalibrator(), [np.array([0.5, -2.0]), np.array([[7.25]]), np.zeros(0)])
+    assert (got.rmin, got.rmax) == (-2.0, 7.25)
+
+
+# ---------------------------------------------------------------------------
+# Entropy
+# ---------------------------------------------------------------------------
+
+
+def kl_loop(counts: np.ndarray, levels: int) -> np.ndarray:
+    """The KL curve written the slow, obvious way: one candidate at a time."""
+    h = counts.astype(np.float64)
+    out = []
+    for kept in range(levels, h.size + 1):
+        if h[:kept].sum() == 0:
+            out.append(np.inf)
+            continue
+        p = h[:kept].copy()
+        p[-1] += h[kept:].sum()
+        q = np.zeros(kept)
+        bounds = [g * kept // levels for g in range(levels + 1)]
+        for a, b in itertools.pairwise(bounds):
+            nonzero = p[a:b] > 0
+            if nonzero.any():
+                q[a:b][nonzero] = h[a:b].sum() / nonzero.sum() + SMOOTHING
+        p /= p.sum()
+        q /= q.sum()
+        mask = p > 0
+        out.append(float(np.sum(p[mask] * np.log(p[mask] / q[mask]))))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("levels", [8, 128])
+def test_vectorized_kl_curve_equals_the_loop(levels: int) -> None:
+    rng = np.random.default_rng(3)
+    counts = np.bincount(
+        np.minimum((np.abs(rng.standard_t(3, 20_000)) * 30).astype(int), 399), minlength=400
+    )
+    counts[250:300] = 0  # an empty stretch: groups with no mass, clipped mass landing there
+    counts[-1] = 2
+    np.testing.assert_allclose(
+        kl_divergence_curve(counts, levels), kl_loop(counts, levels), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_entropy_clips_heavy_tails_well_inside_the_maximum() -> None:
+    rng = np.random.default_rng(0)
+    values = heavy_tailed(rng, 400_000)
+    entropy = run(EntropyCalibrator(), np.array_split(values, 16))
+    minmax = run(MinMaxCalibrator(), [values])
+    threshold = entropy.details["threshold"]
+    # Laplace(1): the 99.99th percentile of |x| is ln(1e4) = 9.2, the maximum of 400 000
+    # draws about 13. Entropy keeps the bulk and cuts the extreme tail.
+    assert 5.0 < threshold < 0.9 * max(-minmax.rmin, minmax.rmax)
+    assert (entropy.rmin, entropy.rmax) != (minmax.rmin, minmax.rmax)
+    assert entropy.rmin == -threshold and entropy.rmax == threshold
+
+
+def test_entropy_ignores_rare_far_outliers() -> None:
+    rng = np.random.default_rng(1)
+    values = heavy_tailed(rng, 400_000, outliers=40)
+    entropy = run(EntropyCalibrator(), [values])
+    # The maximum is near 1000; the bulk lives within about +-13. The threshold lands
+    # at the finest one the histogram allows (128 of its bins), far from the outliers.
+    assert entropy.rmax < 0.05 * float(values.max())
+    assert entropy.rmin > 0.05 * float(values.min())
+
+
+def test_entropy_on_relu_outputs_searches_zero_to_max() -> None:
+    rng = np.random.default_rng(2)
+    values = np.maximum(heavy_tailed(rng, 200_000), 0.0)
+    got = run(EntropyCalibrator(), [values])
+    assert got.rmin == 0.0
+    assert 3.0 < got.rmax < float(values.max())
+
+
+def test_entropy_with_one_candidate_equals_minmax() -> None:
+    # The reference's default of 128 bins for 128 levels leaves a single candidate;
+    # here the magnitude histogram has at least num_bins + 1 bins, so even then there
+    # is a real search. With num_bins == num_quantized_bins it still finds a cut.
+    rng = np.random.default_rng(4)
+    values = heavy_tailed(rng, 100_000)
+    got = run(EntropyCalibrator({"num_bins": "128", "num_quantized_bins": "128"}), [values])
+    assert got.details["histogram"].size > 128
+    assert got.rmax < float(values.max())
+
+
+# ---------------------------------------------------------------------------
+# Percentile
+# ---------------------------------------------------------------------------
+
+
+def test_percentile_cuts_each_tail_within_a_bin() -> None:
+    rng = np.random.default_rng(5)
+    values = (rng.standard_normal(200_000) * 2 + 1).astype(np.float32)
+    got = run(PercentileCalibrator({"percentile_value": 99}), np.array_split(values, 7))
+    width = got.details["bin_width"]
+    low, high = np.percentile(values, [1, 99])
+    assert low - width <= got.rmin <= low + width
+    assert high - width <= got.rmax <= high + width
+    assert width < (values.max() - values.min()) / 2048
+
+
+def test_percentile_100_is_minmax_and_relu_keeps_zero() -> None:
+    rng = np.random.default_rng(6)
+    values = rng.standard_t(2, 50_000).astype(np.float32)
+    full = run(PercentileCalibrator({"percentile_value": "100"}), [values])
+    assert (full.rmin, full.rmax) == (values.min(), values.max())
+    relu = run(PercentileCalibrator({"percentile_value": 99.9}), [np.maximum(values, 0)])
+    assert relu.rmin == 0.0 and relu.rmax < values.max()
+
+
+# ---------------------------------------------------------------------------
+# Options and registration
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "options", "message"),
+    [
+        (EntropyCalibrator, {"num_bins": "abc"}, "num_bins must be an integer"),
+        (EntropyCalibrator, {"num_bins": 64}, "num_bins must be between 128"),
+        (EntropyCalibrator, {"num_quantized_bins": 1}, "num_quantized_bins must be between 2"),
+        (EntropyCalibrator, {"num_bins": True}, "num_bins must be an integer"),
+        (PercentileCalibrator, {"percentile_value": "high"}, "percentile_value must be a number"),
+        (PercentileCalibrator, {"percentile_value": 120}, "at most 100"),
+        (PercentileCalibrator, {"percentile_value": "nan"}, "greater than 50"),
+        (PercentileCalibrator, {"percentile_value": 30}, "greater than 50"),
+    ],
+)
+def test_bad_options_are_one_line_user_errors(
+    cls: type[Calibrator], options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        cls(options)
+    assert "\n" not in str(info.value)
+
+
+def test_options_arrive_as_strings_or_numbers() -> None:
+    entropy = EntropyCalibrator({"num_bins": " 512 ", "num_quantized_bins": 64, "other": "x"})
+    assert (entropy.num_bins, entropy.num_quantized_bins) == (512, 64)
+    assert PercentileCalibrator({"percentile_value": "99.9"}).percentile == 99.9
+
+
+def test_registered_under_both_spellings_through_entry_points() -> None:
+    host = get_plugin_host()
+    for name, cls in (
+        ("minmax", MinMaxCalibrator),
+        ("MinMax", MinMaxCalibrator),
+        ("Entropy", EntropyCalibrator),
+        ("PERCENTILE", PercentileCalibrator),
+    ):
+        assert host.calibrators.get(name) is cls
+    assert host.plugins["builtin_calibrators"].module == plugin.__name__
+
+
+def test_plugin_import_stays_light() -> None:
+    code = (
+        "import sys, drpaiq_plugins_calibrators.plugin\n"
+        "heavy = [m for m in ('onnxruntime', 'onnx', 'matplotlib', 'PIL') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

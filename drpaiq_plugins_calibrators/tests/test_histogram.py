@@ -1,0 +1,106 @@
+"""The power-of-two histogram: exact widening and exact, order-free merging."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drpaiq_plugins_calibrators import histogram
+
+
+def direct_counts(values: np.ndarray, capacity: int) -> tuple[int, np.ndarray]:
+    """Bin all values at once on the grid their largest magnitude needs (the definition)."""
+    values = values.astype(np.float64)
+    exponent = histogram.required_exponent(float(np.max(np.abs(values))), capacity)
+    index = np.trunc(values / math.ldexp(1.0, exponent)).astype(np.int64) + capacity - 1
+    return exponent, np.bincount(index, minlength=2 * capacity - 1)
+
+
+def folded(chunks: list[np.ndarray], capacity: int) -> histogram.HistogramState:
+    state = histogram.HistogramState(capacity)
+    for chunk in chunks:
+        histogram.add_values(state, chunk)
+    return state
+
+
+def assert_same(a: histogram.HistogramState, b: histogram.HistogramState) -> None:
+    assert a.exponent == b.exponent
+    assert a.count == b.count
+    assert a.vmin == b.vmin and a.vmax == b.vmax
+    np.testing.assert_array_equal(a.counts, b.counts)
+
+
+@pytest.mark.parametrize("capacity", [8, 4096])
+def test_required_exponent_is_the_smallest_that_fits(capacity: int) -> None:
+    for absmax in [1e-30, 0.1, 1.0, 1.5, 2.0, 3.0, 255.0, 256.0, 1e6, 3e38]:
+        k = histogram.required_exponent(absmax, capacity)
+        assert absmax < capacity * 2.0**k
+        assert absmax >= capacity * 2.0 ** (k - 1)
+    assert histogram.required_exponent(0.0, capacity) == histogram.MIN_EXPONENT
+
+
+def test_growing_batches_equal_binning_everything_at_once() -> None:
+    rng = np.random.default_rng(1)
+    # Each batch is ten times wider than the last: the grid widens four times.
+    chunks = [rng.standard_normal(500).astype(np.float32) * 10.0**k for k in range(-2, 3)]
+    state = folded(chunks, 64)
+    exponent, counts = direct_counts(np.concatenate(chunks), 64)
+    assert state.exponent == exponent
+    np.testing.assert_array_equal(state.counts, counts)
+
+
+def test_magnitude_histogram_folds_both_signs() -> None:
+    state = folded([np.array([-2.5, -0.5, 0.0, 0.5, 1.0, 3.9], dtype=np.float32)], 4)
+    # |x| < 4 with 4 bins per side: width 1.
+    assert state.width == 1.0
+    np.testing.assert_array_equal(histogram.abs_counts(state), [3, 1, 1, 1])
+    counts, lower, upper = histogram.signed_bins(state)
+    # Bins -2 .. 3; bin 0 is (-1, 1) and holds -0.5, 0 and 0.5 (truncation toward 0).
+    np.testing.assert_array_equal(counts, [1, 0, 3, 1, 0, 1])
+    np.testing.assert_array_equal(lower, [-3, -2, -1, 1, 2, 3])
+    np.testing.assert_array_equal(upper, [-2, -1, 1, 2, 3, 4])
+
+
+def test_merge_of_different_capacities_is_refused() -> None:
+    with pytest.raises(ValueError, match="same num_bins"):
+        histogram.merge(histogram.HistogramState(4), histogram.HistogramState(8))
+
+
+magnitudes = st.sampled_from([1e-6, 1e-2, 1.0, 7.0, 1e3, 1e6])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    scales=st.lists(magnitudes, min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 10_000), max_size=5),
+    capacity=st.sampled_from([16, 4096]),
+)
+def test_any_chunking_and_order_merges_to_one_pass(
+    seed: int, scales: list[float], cuts: list[int], capacity: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    parts = [
+        (rng.standard_t(2, size=int(rng.integers(1, 300))) * s).astype(np.float32) for s in scales
+    ]
+    values = np.concatenate(parts)
+    one_pass = folded([values], capacity)
+    exponent, counts = direct_counts(values, capacity)
+    assert one_pass.exponent == exponent
+    np.testing.assert_array_equal(one_pass.counts, counts)
+
+    # Split at arbitrary points, collect each chunk in batches of its own, merge the
+    # chunk states in a shuffled order.
+    bounds = sorted({c % (values.size + 1) for c in cuts} | {0, values.size})
+    chunks = [values[a:b] for a, b in itertools.pairwise(bounds)]
+    states = [folded(list(np.array_split(chunk, 3)), capacity) for chunk in chunks]
+    order = rng.permutation(len(states))
+    merged = histogram.HistogramState(capacity)
+    for i in order:
+        merged = histogram.merge(merged, states[i])
+    assert_same(merged, one_pass)
