@@ -146,9 +146,19 @@ def quantize_ort(sample: Sample, method: str, out: Path, workdir: Path) -> float
         def get_next(self):  # type: ignore[no-untyped-def]
             return next(self._it, None)
 
+    import onnx
+    from onnx import version_converter
+
     start = time.perf_counter()
+    # ONNX Runtime writes per-channel DequantizeLinear (axis) even below opset 13,
+    # giving an invalid model; hand it the model converted to 13, as drpaiq does.
+    model = onnx.load(str(sample.model))
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
+        model = version_converter.convert_version(model, 13)
+    source = workdir / f"{sample.name}_ort_src.onnx"
+    onnx.save(model, str(source))
     pre = workdir / f"{sample.name}_ort_pre.onnx"
-    quant_pre_process(str(sample.model), str(pre))
+    quant_pre_process(str(source), str(pre))
     quantize_static(
         str(pre),
         str(out),

@@ -152,6 +152,32 @@ def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
                 node.input[index] = rewire[(node.name, index)]
             elif name in replace:
                 node.input[index] = replace[name]
+        for index, name in enumerate(node.input):
+            edge = plan.edges.get((node.name, index))
+            if edge is None:
+                continue
+            base = f"{node.name}_input{index}_requantized"
+            scale, zp, inits = _params_initializers(base, edge, names)
+            new_inits.extend(inits)
+            q_out = names.new(f"{base}_q")
+            dq_out = names.new(base)
+            body.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [name, scale, zp],
+                    [q_out],
+                    name=names.new(f"{base}_QuantizeLinear"),
+                )
+            )
+            body.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_out, scale, zp],
+                    [dq_out],
+                    name=names.new(f"{base}_DequantizeLinear"),
+                )
+            )
+            node.input[index] = dq_out
         tail: list[onnx.NodeProto] = []
         for index, name in enumerate(node.output):
             if name not in produced:

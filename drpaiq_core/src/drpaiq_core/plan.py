@@ -18,7 +18,6 @@ from drpaiq_core.plugin_api import QuantOptions, TensorRange
 from drpaiq_core.qparams import (
     QParams,
     activation_params,
-    activation_scale,
     bias_params,
     weight_params,
     widen,
@@ -53,6 +52,8 @@ class QuantPlan:
     :ivar quantized_nodes: node -> (op type, quantizer that decided).
     :ivar float_nodes: node -> why it stays float.
     :ivar ranges: tensor -> calibrated (rmin, rmax) before ties.
+    :ivar edges: (node, input index) -> parameters of a requantization on that edge only
+        (an Add input brought to the scale it shares with the other input).
     """
 
     activations: dict[str, QParams] = field(default_factory=dict)
@@ -61,6 +62,7 @@ class QuantPlan:
     quantized_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
     float_nodes: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    edges: dict[tuple[str, int], QParams] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -73,6 +75,7 @@ class QuantPlan:
             "quantized_nodes": {k: list(v) for k, v in self.quantized_nodes.items()},
             "float_nodes": dict(self.float_nodes),
             "ranges": {k: list(v) for k, v in sorted(self.ranges.items())},
+            "edges": {f"{n}:{i}": p.to_dict() for (n, i), p in sorted(self.edges.items())},
         }
 
 
@@ -150,32 +153,42 @@ def build_plan(
             lo, hi = min(lo, glo), max(hi, ghi)
         group_range[root] = (lo, hi)
 
-    scale_ties = _UnionFind()
-    for root in group_range:
-        scale_ties.find(root)
-    for choice in selection.chosen.values():
-        for group in choice.same_scale:
-            roots = [groups.find(t) for t in group if t in tensor_range and t in groups.parent]
-            for other in roots[1:]:
-                scale_ties.union(roots[0], other)
-    shared_scale: dict[str, float] = {}
-    for root, (lo, hi) in group_range.items():
-        tie = scale_ties.find(root)
-        scale = activation_scale(lo, hi, dtype, symmetric)
-        shared_scale[tie] = max(shared_scale.get(tie, 0.0), scale)
-    root_params: dict[str, QParams] = {}
-    for root, (lo, hi) in group_range.items():
-        tie = scale_ties.find(root)
-        members = [r for r in group_range if scale_ties.find(r) == tie]
-        forced = shared_scale[tie] if len(members) > 1 else None
-        root_params[root] = activation_params(lo, hi, dtype, symmetric, scale=forced)
+    root_params = {
+        root: activation_params(lo, hi, dtype, symmetric) for root, (lo, hi) in group_range.items()
+    }
     for t in quantized:
         plan.activations[t] = root_params[groups.find(t)]
+    _plan_shared_scales(plan, selection, groups, group_range, options)
 
     _plan_constants(plan, selection, graph)
     for choice in selection.chosen.values():
         plan.quantized_nodes[choice.node] = (choice.op_type, choice.quantizer)
     return plan
+
+
+def _plan_shared_scales(
+    plan: QuantPlan,
+    selection: Selection,
+    groups: _UnionFind,
+    group_range: dict[str, tuple[float, float]],
+    options: QuantOptions,
+) -> None:
+    """Inputs that must share one scale (Add) get it on their edge into that node: a
+    member whose own scale is finer is requantized there with the shared scale, so
+    its other consumers keep their precision."""
+    for choice in selection.chosen.values():
+        for group in choice.same_scale:
+            members = [t for t in group if t in plan.activations]
+            if len(members) < 2:
+                continue
+            shared = max(float(plan.activations[t].scale) for t in members)
+            for index, name in enumerate(choice.inputs):
+                if name not in members or float(plan.activations[name].scale) == shared:
+                    continue
+                lo, hi = group_range[groups.find(name)]
+                plan.edges[(choice.node, index)] = activation_params(
+                    lo, hi, options.activation_type, options.activation_symmetric, scale=shared
+                )
 
 
 def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) -> None:

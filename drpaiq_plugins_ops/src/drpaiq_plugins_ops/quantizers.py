@@ -177,6 +177,22 @@ class ElementwiseQuantizer(OpQuantizer):
         return NodeQuantSpec(activations=inputs, outputs=(0,))
 
 
+class NormalizationQuantizer(OpQuantizer):
+    """A BatchNormalization that no Conv absorbed (pre-activation ResNets): its data
+    input and output are quantized; its per-channel parameters stay float."""
+
+    PLUGIN_NAME = "batch_norm"
+    DESCRIPTION = "BatchNormalization not folded into a Conv: quantized data in and out"
+    OP_TYPES = ("BatchNormalization",)
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        if len(node.output) != 1:
+            return None  # training-mode BatchNormalization
+        return NodeQuantSpec(activations=(0,), outputs=(0,))
+
+
 class ClippingActivationQuantizer(OpQuantizer):
     """Relu and Clip: folded into the producer's range when they follow a compute op;
     otherwise the output keeps the input's parameters."""
@@ -264,6 +280,7 @@ OP_QUANTIZERS = (
     MatMulQuantizer,
     AddQuantizer,
     ElementwiseQuantizer,
+    NormalizationQuantizer,
     ClippingActivationQuantizer,
     ConcatQuantizer,
     PassThroughQuantizer,
