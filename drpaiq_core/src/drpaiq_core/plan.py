@@ -158,7 +158,7 @@ def build_plan(
     }
     for t in quantized:
         plan.activations[t] = root_params[groups.find(t)]
-    _plan_shared_scales(plan, selection, groups, group_range, options)
+    _plan_shared_scales(plan, selection, graph, groups, group_range, options)
 
     _plan_constants(plan, selection, graph)
     for choice in selection.chosen.values():
@@ -169,13 +169,19 @@ def build_plan(
 def _plan_shared_scales(
     plan: QuantPlan,
     selection: Selection,
+    graph: ModelGraph,
     groups: _UnionFind,
     group_range: dict[str, tuple[float, float]],
     options: QuantOptions,
 ) -> None:
-    """Inputs that must share one scale (Add) get it on their edge into that node: a
-    member whose own scale is finer is requantized there with the shared scale, so
-    its other consumers keep their precision."""
+    """Inputs that must share one scale (Add) get it. A member that only this node
+    reads, and that shares parameters with no other tensor, is quantized with the
+    shared scale directly (one rounding); any other member is requantized on its
+    edge into this node, so its other consumers keep their finer scale."""
+    group_size: dict[str, int] = {}
+    for t in plan.activations:
+        root = groups.find(t)
+        group_size[root] = group_size.get(root, 0) + 1
     for choice in selection.chosen.values():
         for group in choice.same_scale:
             members = [t for t in group if t in plan.activations]
@@ -185,10 +191,22 @@ def _plan_shared_scales(
             for index, name in enumerate(choice.inputs):
                 if name not in members or float(plan.activations[name].scale) == shared:
                     continue
-                lo, hi = group_range[groups.find(name)]
-                plan.edges[(choice.node, index)] = activation_params(
+                root = groups.find(name)
+                lo, hi = group_range[root]
+                params = activation_params(
                     lo, hi, options.activation_type, options.activation_symmetric, scale=shared
                 )
+                readers = {node.name for node in graph.consumers(name)}
+                private = (
+                    readers == {choice.node}
+                    and group_size[root] == 1
+                    and not graph.is_graph_output(name)
+                    and name not in plan.constant_activations
+                )
+                if private:
+                    plan.activations[name] = params
+                else:
+                    plan.edges[(choice.node, index)] = params
 
 
 def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) -> None:
