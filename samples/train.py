@@ -504,7 +504,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="folder with the Fashion-MNIST idx files (Debian dataset-fashion-mnist)")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, one-cycle)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
