@@ -42,15 +42,10 @@ def samples() -> list[Sample]:
     metrics = json.loads((SAMPLES / "metrics.json").read_text())
     found = []
     for key, reader in (("modA", "nchw_image"), ("modB", "nhwc_image")):
-        entry = metrics[key]
+        entry = metrics["models"][key]
+        norm = entry["normalization"]
         found.append(
-            Sample(
-                key,
-                SAMPLES / entry["file"],
-                reader,
-                tuple(entry["norm_mean"]),
-                tuple(entry["norm_std"]),
-            )
+            Sample(key, SAMPLES / entry["file"], reader, tuple(norm["mean"]), tuple(norm["std"]))
         )
     return found
 

@@ -199,6 +199,26 @@ def test_weights_are_int8_per_channel_and_bias_int32(tmp_path: Path) -> None:
     assert not b_zp.any()
 
 
+def test_matmul_bias_add_gets_an_int32_bias(tmp_path: Path) -> None:
+    nodes, inputs, outputs, inits = matmul_bias_add()
+    model = make_model(nodes, inputs, outputs, inits)
+    _, out, summary = run_quantize(tmp_path, model, random_feeds(inputs))
+    written = onnx.load(str(out))
+    by_name = {i.name: onnx.numpy_helper.to_array(i) for i in written.graph.initializer}
+    producers = {o: n for n in written.graph.node for o in n.output}
+    add = next(n for n in written.graph.node if n.op_type == "Add")
+    matmul = producers[add.input[0]]
+    assert matmul.op_type == "MatMul"  # no QDQ between the MatMul and its BiasAdd
+    bias_dq = producers[add.input[1]]
+    weight_dq = producers[matmul.input[1]]
+    assert by_name[bias_dq.input[0]].dtype == np.int32
+    assert by_name[weight_dq.input[0]].dtype == np.int8
+    x_scale = summary.plan.activations["x"].scale
+    expected = (x_scale * by_name[weight_dq.input[1]]).astype(np.float32)
+    np.testing.assert_allclose(by_name[bias_dq.input[1]], expected, rtol=1e-6)
+    assert summary.quantized["bias_add"] == "Add"
+
+
 def test_unknown_op_stays_float_and_model_runs(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),

@@ -157,7 +157,7 @@ class ElementwiseQuantizer(OpQuantizer):
     """Ops whose inputs and output each get their own parameters."""
 
     PLUGIN_NAME = "elementwise"
-    DESCRIPTION = "Mul, pooling that averages, Sigmoid, Tanh, Softmax, ...: own parameters"
+    DESCRIPTION = "Mul, averaging (pools, ReduceMean), Sigmoid, Tanh, Softmax, ...: own parameters"
     OP_TYPES = (
         "Mul",
         "AveragePool",
@@ -168,6 +168,7 @@ class ElementwiseQuantizer(OpQuantizer):
         "HardSwish",
         "Tanh",
         "Softmax",
+        "ReduceMean",
     )
 
     def quantize_node(
