@@ -21,8 +21,9 @@ pytest.importorskip("drpaiq_plugins_calibrators")
 RNG = np.random.default_rng(7)
 
 
-def _w(*shape: int) -> np.ndarray:
-    return RNG.normal(scale=0.5, size=shape).astype(np.float32)
+def _w(*shape: int, tag: int = 0) -> np.ndarray:
+    # Seeded by shape and tag, so a test's weights do not depend on which tests ran before.
+    return np.random.default_rng([7, tag, *shape]).normal(scale=0.5, size=shape).astype(np.float32)
 
 
 def _small_cnn(opset: int = 13) -> onnx.ModelProto:
@@ -66,10 +67,10 @@ def test_constant_node_weights_and_unfolded_batchnorm(tmp_path: Path) -> None:
         helper.make_node("Relu", ["bn"], ["y"], name="relu"),
     ]
     inits = {
-        "gamma": np.abs(_w(4)) + 0.5,
-        "beta": _w(4),
-        "mean": _w(4),
-        "var": np.abs(_w(4)) + 0.5,
+        "gamma": np.abs(_w(4, tag=1)) + 0.5,
+        "beta": _w(4, tag=2),
+        "mean": _w(4, tag=3),
+        "var": np.abs(_w(4, tag=4)) + 0.5,
     }
     model = make_model(nodes, {"x": ["N", 3, 5, 5]}, ["y"], inits)
     feeds = random_feeds({"x": ["N", 3, 5, 5]})

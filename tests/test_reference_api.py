@@ -219,7 +219,7 @@ def test_unknown_keyword_lists_the_known_ones():
         ({"num_bins": "many"}, "num_bins must be a whole number"),
         ({"activation_type": "int4"}, "QInt8 or QUInt8"),
         ({"activation_zeropoint": "maybe"}, "True or False"),
-        ({"percentile_value": 0}, "above 0"),
+        ({"percentile_value": 50}, "above 50"),
         ({"weight_type": QuantType.QUInt8}, "weight_type must be QInt8"),
     ],
 )

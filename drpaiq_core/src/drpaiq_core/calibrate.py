@@ -14,13 +14,14 @@ machines) with :class:`ActivationRunner`, combine them with :func:`merge_stats`,
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drpaiq")
 
+T = TypeVar("T")
+
 #: Models whose weights take at least this many bytes go to ONNX Runtime as a file with
 #: external data (a protobuf message cannot be serialized into one buffer beyond 2 GB;
 #: the threshold leaves 100 MB for the rest of the graph).
@@ -48,6 +51,31 @@ _OVERLAP = True
 
 #: The worker's end-of-data marker.
 _DONE = object()
+
+#: Outputs per stacked run, in bytes: small enough to stay in the CPU caches (larger
+#: groups measured slower), large enough to spread the per-call cost.
+_GROUP_BYTES = 2 * 1024 * 1024
+
+#: At most this many samples per stacked run.
+_GROUP_SAMPLES = 16
+
+
+@dataclass
+class _Run:
+    """One session call: the feeds (stacked when several batches were grouped), the
+    outputs in the order of the fetched tensors, and how many samples it covers."""
+
+    feeds: dict[str, np.ndarray]
+    outputs: list[np.ndarray]
+    samples: int
+    stacked: bool = False
+
+    @staticmethod
+    def joined(runs: list[_Run]) -> _Run:
+        """Several runs of single batches folded as one (same values, same order)."""
+        feeds = {name: np.concatenate([r.feeds[name] for r in runs]) for name in runs[0].feeds}
+        outputs = [np.concatenate(parts) for parts in zip(*(r.outputs for r in runs))]
+        return _Run(feeds, outputs, sum(r.samples for r in runs), stacked=True)
 
 
 @dataclass
@@ -162,6 +190,12 @@ class ActivationRunner:
         self.fetched = [t for t in self.tensors if t not in graph_inputs]
         self.session = self._open(model, workdir)
         self._expected = {i.name: (i.shape, i.type) for i in self.session.get_inputs()}
+        # Batches can be stacked only when every input's first dimension is free.
+        self._dynamic_batch = all(
+            shape and not isinstance(shape[0], int) for shape, _ in self._expected.values()
+        )
+        #: Samples per session call; 0 until the first batch has been run.
+        self._group_samples = 0
 
     # -- session -----------------------------------------------------------------
 
@@ -169,12 +203,18 @@ class ActivationRunner:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
+        # Fatal messages only: a failing batch comes back as an exception and is reported
+        # in one line; ONNX Runtime's own log line would be a second report.
+        options.log_severity_level = 4
         # Same values for the same data, whatever the thread scheduling.
         options.use_deterministic_compute = True
         # Idle pool threads must not spin: between runs this process folds statistics
         # on the same cores (measured: spinning made calibration 1.8x slower).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        import os as _os  # EXPERIMENT
+
+        if _os.environ.get("DRPAIQ_THREADS"):  # EXPERIMENT
+            options.intra_op_num_threads = int(_os.environ["DRPAIQ_THREADS"])  # EXPERIMENT
         existing = len(model.graph.output)
         known = {o.name for o in model.graph.output}
         types = _element_types(model)
@@ -290,11 +330,10 @@ class ActivationRunner:
         label = desc or f"calibrate pass {pass_index + 1}/{calibrator.PASSES}"
         seen = 0
         with Counter(total=total, desc=label, unit="img", quiet=quiet) as counter:
-            for batch, outputs in self._outputs(reader):
-                self._fold(batch, outputs, calibrator, stats, pass_index)
-                count = _batch_size(batch.feeds)
-                seen += count
-                counter.advance(count)
+            for run in self._overlapped(reader):
+                self._fold(run, calibrator, stats, pass_index)
+                seen += run.samples
+                counter.advance(run.samples)
         if seen == 0:
             name = getattr(reader, "PLUGIN_NAME", type(reader).__name__)
             raise UserError(
@@ -310,56 +349,85 @@ class ActivationRunner:
             )
         return stats
 
-    def _outputs(self, reader: Reader) -> Iterator[tuple[Batch, list[np.ndarray]]]:
-        """Each batch with the session's outputs for it, in the reader's order.
+    def _overlapped(self, reader: Reader) -> Iterator[_Run]:
+        """:meth:`_runs` as a three-stage pipeline: one thread reads and decodes the
+        next batches, one runs the session, and the caller folds the outputs.
 
-        A worker thread reads and runs batch k+1 while the caller folds batch k: ONNX
-        Runtime and NumPy's kernels release the GIL, so statistics overlap inference.
-        At most three batches' outputs are alive at once (being computed, queued, being
-        folded), whatever the number of batches.
+        ONNX Runtime, image decoding and NumPy's kernels release the GIL, so the stages
+        overlap. Each hand-over holds at most one item, so at most a few batches and
+        runs are alive at once, whatever the number of batches.
         """
         if not _OVERLAP:
-            for number, batch in enumerate(_batches(reader)):
-                yield batch, self._run(batch, number)
+            yield from self._runs(_batches(reader))
             return
-        results: queue.Queue[Any] = queue.Queue(maxsize=1)
-        stop = threading.Event()
+        yield from _in_thread(self._runs(_in_thread(_batches(reader), "read")), "run")
 
-        def hand_over(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    results.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+    def _runs(self, batches: Iterator[Batch]) -> Iterator[_Run]:
+        """The batches run through the session, in order.
 
-        def work() -> None:
-            try:
-                for number, batch in enumerate(_batches(reader)):
-                    if not hand_over((batch, self._run(batch, number))):
-                        return
-                hand_over(_DONE)
-            except BaseException as exc:  # handed to the caller's thread and raised there
-                hand_over(exc)
-
-        worker = threading.Thread(target=work, name="drpaiq-calibrate", daemon=True)
-        worker.start()
+        Small batches of a model whose batch dimension is dynamic are stacked into one
+        run of about :data:`_GROUP_BYTES` of outputs: one session call and one fold per
+        group instead of per image (a large share of the time for small models). The
+        first batch runs alone and sets the group size from its output size.
+        """
         try:
-            while True:
-                item = results.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            yield from self._grouped_runs(batches)
         finally:
-            stop.set()
-            worker.join()
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    def _grouped_runs(self, batches: Iterator[Batch]) -> Iterator[_Run]:
+        group: list[tuple[int, Batch]] = []
+        count = 0
+        for number, batch in enumerate(batches):
+            self._check_feeds(batch.feeds, batch, number)
+            if group and not _stackable(group[-1][1], batch):
+                yield self._run_group(group)
+                group, count = [], 0
+            group.append((number, batch))
+            count += _batch_size(batch.feeds)
+            if count >= self._group_samples:
+                yield self._run_group(group)
+                group, count = [], 0
+        if group:
+            yield self._run_group(group)
+
+    def _run_group(self, group: list[tuple[int, Batch]]) -> _Run:
+        if len(group) == 1:
+            number, batch = group[0]
+            run = _Run(batch.feeds, self._run(batch, number), _batch_size(batch.feeds))
+            if self._group_samples == 0:
+                self._group_samples = self._group_size(run)
+            return run
+        feeds = {
+            name: np.concatenate([batch.feeds[name] for _, batch in group])
+            for name in group[0][1].feeds
+        }
+        samples = sum(_batch_size(batch.feeds) for _, batch in group)
+        try:
+            outputs = list(self.session.run(self.fetched, feeds)) if self.fetched else []
+        except Exception:
+            outputs = None
+        # Every output must keep the samples along dimension 0; otherwise the model is
+        # not batch-safe (a Reshape that fixes the batch to 1, ...) and its stacked
+        # outputs cannot be trusted: run one batch at a time from here on.
+        if outputs is None or any(np.ndim(o) == 0 or len(o) != samples for o in outputs):
+            self._group_samples = 1
+            runs = [self._run_group([item]) for item in group]
+            return _Run.joined(runs)
+        return _Run(feeds, outputs, samples, stacked=True)
+
+    def _group_size(self, run: _Run) -> int:
+        """Samples per run: as many as fit :data:`_GROUP_BYTES` of outputs, at most
+        :data:`_GROUP_SAMPLES`; 1 when the model's batch dimension is fixed."""
+        if not self._dynamic_batch or run.samples == 0:
+            return 1
+        per_sample = sum(o.nbytes for o in run.outputs) / run.samples
+        return int(max(1, min(_GROUP_SAMPLES, _GROUP_BYTES // max(per_sample, 1.0))))
 
     def _run(self, batch: Batch, number: int) -> list[np.ndarray]:
         feeds = batch.feeds
-        self._check_feeds(feeds, batch, number)
         if not self.fetched:
             return []
         try:
@@ -373,18 +441,16 @@ class ActivationRunner:
             ) from None
 
     def _fold(
-        self,
-        batch: Batch,
-        outputs: list[np.ndarray],
-        calibrator: Calibrator,
-        stats: CalibrationStats,
-        pass_index: int,
+        self, run: _Run, calibrator: Calibrator, stats: CalibrationStats, pass_index: int
     ) -> None:
-        pairs = list(zip(self.fetched, outputs))
-        pairs += [(name, batch.feeds[name]) for name in self.from_feeds]
+        pairs = list(zip(self.fetched, run.outputs))
+        pairs += [(name, run.feeds[name]) for name in self.from_feeds]
         for name, raw in pairs:
             values = np.asarray(raw, dtype=np.float32)
             shape: tuple[int | None, ...] = values.shape
+            if run.stacked and shape:
+                # A stacked run's first dimension is the group's, not the reader's.
+                shape = (None, *shape[1:])
             known = stats.shapes.get(name)
             if known != shape:
                 stats.shapes[name] = _merge_shape(known, shape) or shape
@@ -392,7 +458,10 @@ class ActivationRunner:
                 stats.values[name] = stats.values.get(name, 0) + int(values.size)
             # One cheap reduction tells whether any value is NaN or Inf (the sum is then
             # not finite; so it is, rarely, for huge finite values: the mask decides).
-            if not np.isfinite(np.add.reduce(values, axis=None)):
+            # Inf - Inf and overflow are expected here, not worth a RuntimeWarning.
+            with np.errstate(invalid="ignore", over="ignore"):
+                total = np.add.reduce(values, axis=None)
+            if not np.isfinite(total):
                 finite = np.isfinite(values)
                 bad = int(values.size - np.count_nonzero(finite))
                 if bad:
@@ -439,6 +508,7 @@ def finish(
         quiet=quiet,
     ):
         ranges[name] = calibrator.compute(stats.states[name])
+        _check_range(calibrator, name, ranges[name])
     nonfinite = {name: count for name, count in stats.nonfinite.items() if count}
     for name, count in nonfinite.items():
         total = stats.values.get(name, count)
@@ -449,6 +519,23 @@ def finish(
     calibrator.report(ranges, debug_dir)
     return CalibrationResult(
         ranges=ranges, shapes=dict(stats.shapes), nonfinite=nonfinite, samples=stats.samples
+    )
+
+
+#: The largest float32: a range beyond it has no finite float32 scale.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_range(calibrator: Calibrator, name: str, found: TensorRange) -> None:
+    """Refuse a range that would give a NaN or Inf scale (the core hands calibrators
+    finite values only, so such a range is a calibrator's bug)."""
+    low, high = float(found.rmin), float(found.rmax)
+    if all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in (low, high)):
+        return
+    raise UserError(
+        f"calibrator {calibrator.PLUGIN_NAME!r} gave tensor {name!r} the range "
+        f"[{low:g}, {high:g}], which no finite float32 scale can represent; nothing was "
+        "written (a bug of the calibrator: report it, or choose another --calibrate_method)"
     )
 
 
@@ -544,6 +631,68 @@ def _reader_length(reader: Reader) -> int | None:
 def _batches(reader: Reader) -> Iterator[Batch]:
     for batch in reader.batches():
         yield batch if isinstance(batch, Batch) else Batch(feeds=dict(batch))
+
+
+def _in_thread(items: Iterator[T], name: str) -> Iterator[T]:
+    """Yield ``items`` while a worker thread computes the next one.
+
+    An exception in the worker is raised in the caller's thread at the point where its
+    item would have come. When the caller stops early (an error, an interrupt), the
+    worker is told to stop and is waited for.
+    """
+    handed: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handed.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not hand_over(item):
+                    return
+            hand_over(_DONE)
+        except BaseException as exc:  # raised again in the caller's thread
+            hand_over(exc)
+        finally:
+            # Stop the stages upstream of this one too (they may be threads).
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=work, name=f"drpaiq-calibrate-{name}", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = handed.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _stackable(a: Batch, b: Batch) -> bool:
+    """Whether ``b`` can be stacked after ``a``: same inputs, same per-sample shapes and
+    types."""
+    if a.feeds.keys() != b.feeds.keys():
+        return False
+    for name, value in a.feeds.items():
+        other = b.feeds[name]
+        if np.ndim(value) == 0 or np.shape(value)[1:] != np.shape(other)[1:]:
+            return False
+        if np.asarray(value).dtype != np.asarray(other).dtype:
+            return False
+    return True
 
 
 def _batch_size(feeds: dict[str, np.ndarray]) -> int:

@@ -20,6 +20,9 @@ from drpaiq_core.plugins import PluginHost, get_plugin_host
 
 log = logging.getLogger("drpaiq")
 
+#: Exit code of a run that failed on a bug (a user's mistake exits with 2, Ctrl-C 130).
+INTERNAL_ERROR = 1
+
 
 @dataclass
 class AppState:
@@ -180,11 +183,17 @@ def main(argv: list[str] | None = None, prog_name: str = "drpaiq") -> None:
     """Entry point of the ``drpaiq`` console script.
 
     Usage mistakes (an unknown option, a missing argument) become one line and exit
-    code 2, like every other user error; Ctrl-C exits with 130.
+    code 2, like every other user error; Ctrl-C exits with 130. Anything else is a bug
+    of drpaiq or of a plugin: one line and exit code 1 (the traceback with ``-vv``).
     """
-    cli = build_cli()
     try:
+        # Inside the try: plugin loading may raise a UserError, and a Ctrl-C while the
+        # plugins import must not end in a traceback either.
+        cli = build_cli()
         code = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"drpaiq: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         click.echo(f"drpaiq: error: {exc.format_message()}{hint}", err=True)
@@ -195,4 +204,15 @@ def main(argv: list[str] | None = None, prog_name: str = "drpaiq") -> None:
     except (KeyboardInterrupt, click.Abort):
         click.echo("drpaiq: interrupted; no output was written", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if logging.getLogger("drpaiq").isEnabledFor(logging.DEBUG):
+            raise
+        text = str(exc).strip()
+        detail = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        click.echo(
+            f"drpaiq: error: internal error ({detail}); this is a bug "
+            "in drpaiq or a plugin: rerun with -vv for the traceback and report it",
+            err=True,
+        )
+        sys.exit(INTERNAL_ERROR)
     sys.exit(code if isinstance(code, int) else 0)

@@ -18,6 +18,7 @@ pairs after the other options (``exclude_act_func_dir rules.csv``).
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,26 @@ def join_list_values(args: list[str], names: tuple[str, ...]) -> list[str]:
         out.extend([name, text])
         i = j
     return out
+
+
+def _is_option_word(word: str) -> bool:
+    """Whether a command-line word is an option name (negative numbers are not)."""
+    return word.startswith("-") and len(word) > 1 and not _is_number_word(word)
+
+
+#: Options of the ``drpaiq`` group itself, often misplaced after the command.
+GROUP_OPTIONS = ("--reader", "--quiet", "-q", "--verbose", "-v")
+
+
+def _no_such_option(name: str, known: dict[str, bool], ctx: click.Context) -> str:
+    if name in GROUP_OPTIONS:
+        return (
+            f"{name} belongs to drpaiq itself and goes before the command: "
+            f"drpaiq {name}{' NAME' if name == '--reader' else ''} {ctx.info_name} ..."
+        )
+    close = difflib.get_close_matches(name, [opt for opt in known if opt.startswith("--")], 1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"no such option {name}{hint} (see '{ctx.command_path} --help')"
 
 
 class ReferenceCommand(click.Command):
@@ -156,8 +177,12 @@ class ReferenceCommand(click.Command):
             if word == "--":
                 positional.extend(args[i + 1 :])
                 break
-            if word.startswith("-") and len(word) > 1 and not _is_number_word(word):
+            if _is_option_word(word):
                 name = word.split("=", 1)[0]
+                if name not in takes_value:
+                    # Reported here: otherwise its value would be taken for a stray
+                    # positional word and the message would blame that word.
+                    raise UserError(_no_such_option(name, takes_value, ctx))
                 rewritten.append(word)
                 i += 1
                 if "=" in word or not takes_value.get(name, False):
@@ -171,9 +196,16 @@ class ReferenceCommand(click.Command):
                     ):
                         rewritten[-1] = f"{long_name[name]}="
                         continue
-                if i < len(args):
-                    rewritten.append(args[i])
-                    i += 1
+                # As argparse does (the reference's parser): an option word is never
+                # taken as a value, so "-o --skip_preprocess" does not write a model
+                # named "--skip_preprocess".
+                if i >= len(args) or args[i] == "--" or _is_option_word(args[i]):
+                    raise UserError(
+                        f"option {name} needs a value: {name} VALUE (see "
+                        f"'{ctx.command_path} --help')"
+                    )
+                rewritten.append(args[i])
+                i += 1
                 continue
             positional.append(word)
             i += 1

@@ -102,12 +102,25 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def _check_finite_weights(model: onnx.ModelProto, model_path: Path) -> None:
+    """Refuse weights whose data does not fit their shape and type (a damaged file:
+    onnx.checker lets that through, and every later step would trip over it) and float
+    weights with NaN or Inf values."""
     from onnx import numpy_helper
 
-    for init in model.graph.initializer:
+    tensors = [*model.graph.initializer]
+    for node in model.graph.node:
+        tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))
+    for init in tensors:
+        try:
+            values = numpy_helper.to_array(init)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"model {model_path}: weight {init.name!r} does not match its shape "
+                f"{list(init.dims)} and type ({first}); the file is damaged, re-export it"
+            ) from None
         if init.data_type not in (1, 10, 11, 16):  # float, float16, double, bfloat16
             continue
-        values = numpy_helper.to_array(init)
         if values.size and not np.all(np.isfinite(values)):
             raise UserError(
                 f"model {model_path}: weight {init.name!r} contains NaN or Inf values; "

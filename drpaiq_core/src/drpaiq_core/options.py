@@ -85,12 +85,16 @@ ADVANCED_OPTIONS: tuple[AdvancedOption, ...] = (
     AdvancedOption(
         "percentile_value",
         "float",
-        "Percentile calibration's percentile (default 99.999)",
-        minimum=0.0,
+        "Percentile calibration's percentile, above 50 and at most 100 (default 99.999)",
+        minimum=50.0,
         maximum=100.0,
     ),
     AdvancedOption(
-        "num_bins", "int", "histogram bins of Entropy/Percentile calibration", minimum=2
+        "num_bins",
+        "int",
+        "histogram bins of Entropy/Percentile calibration (default 2048; Entropy needs at "
+        "least 2 x num_quantized_bins)",
+        minimum=16,
     ),
     AdvancedOption(
         "num_quantized_bins", "int", "quantized levels of the Entropy search", minimum=2
@@ -217,8 +221,8 @@ def canonical_value(option: AdvancedOption, value: Any) -> str:
         raise UserError(f"{what} must be at least {option.minimum:g}; got {value!r}")
     if option.maximum is not None and number > option.maximum:
         raise UserError(f"{what} must be at most {option.maximum:g}; got {value!r}")
-    if option.name == "percentile_value" and number <= 0:
-        raise UserError(f"{what} must be above 0; got {value!r}")
+    if option.name == "percentile_value" and number <= 50:
+        raise UserError(f"{what} must be above 50; got {value!r}")
     return str(number)
 
 

@@ -161,7 +161,13 @@ def _working_directory(folder: Path) -> Iterator[None]:
 
 
 def _run(input_path: Path, output_path: Path, settings: dict[str, Any]) -> None:
+    import onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # quant_pre_process's session logs through ONNX Runtime's default logger, straight
+    # to the terminal ("Removing initializer ..." for any unused weight); drpaiq reports
+    # what matters itself, in one line, so ONNX Runtime's lines only with --verbose.
+    onnxruntime.set_default_logger_severity(2 if settings.get("verbose") else 4)
 
     input_path, output_path = input_path.resolve(), output_path.resolve()
 

@@ -121,15 +121,13 @@ def bias_params(
     bias: np.ndarray, input_scale: np.ndarray, weight_scale: np.ndarray
 ) -> tuple[QParams, np.ndarray]:
     """int32 bias with ``scale = input scale x weight scale`` (per channel when the
-    weight is) and zero point 0."""
+    weight is, one scale when the weight is per tensor) and zero point 0."""
     b = np.asarray(bias, dtype=np.float64).reshape(-1)
     scale = (np.float64(input_scale) * np.asarray(weight_scale, dtype=np.float64)).reshape(-1)
-    if scale.size == 1 and b.size > 1:
-        scale = np.full(b.shape, scale[0])
     scale32 = np.maximum(scale, MIN_SCALE).astype(np.float32)
     q = np.clip(np.round(b / scale32.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
     axis: int | None = 0
-    if scale32.size == 1:
+    if np.asarray(weight_scale).size == 1:
         return QParams(scale32.reshape(()), np.zeros((), np.int32), "int32", None), q.reshape(
             np.shape(bias)
         )

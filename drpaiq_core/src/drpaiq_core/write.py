@@ -1,13 +1,19 @@
 """The last step of a run: write files atomically.
 
 Every output is written to a temporary file in the destination folder and renamed
-over the target, so an interrupted run leaves either the previous file or none.
+over the target, so an interrupted run leaves either the previous file or none. The
+temporary file is created only once the bytes to write are ready, and removed on any
+error or Ctrl-C; only a process killed outright (SIGKILL, power loss) inside that
+short window can leave a hidden ``.<name>.<random>.tmp`` beside the target, which is
+safe to delete. A written file gets the mode a plain ``open()`` would give it (the
+previous file's mode when it replaces one), not the private mode of temporary files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,24 +44,74 @@ def check_output_path(output: Path, inputs: tuple[Path, ...] = ()) -> None:
             raise UserError(f"output {output} is the input model; choose another output path")
     if not output.parent.resolve().is_dir():
         raise UserError(f"output folder {output.parent} does not exist; create it first")
+    _check_writable(output)
+
+
+def _check_writable(output: Path) -> None:
+    """Fail now, not after a long calibration, when no file can be created beside
+    ``output`` (a read-only folder or file system, no permission)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to folder {output.parent} ({exc.strerror or exc}); choose an "
+            "output path in a folder you can write to"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the umask."""
+    try:
+        # Linux reports the umask without changing it (os.umask would, for a moment,
+        # for every thread of the process).
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``,
-    on any failure (or interrupt) remove it."""
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=str(target.parent)
-    )
+    on any failure (or interrupt) remove it.
+
+    :raises UserError: the file cannot be written (no space left, no permission, ...).
+    """
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else _new_file_mode()
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=str(target.parent)
+        )
+    except OSError as exc:
+        raise _write_error(target, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes the file private (0o600); the output is an ordinary file.
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise _write_error(target, exc) from None
         raise
+
+
+def _write_error(target: Path, exc: OSError) -> UserError:
+    return UserError(
+        f"cannot write {target}: {exc.strerror or exc}; free some disk space or choose "
+        "another output folder (nothing was changed)"
+    )
 
 
 def write_text(target: Path, text: str) -> None:

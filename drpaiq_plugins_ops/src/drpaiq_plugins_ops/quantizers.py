@@ -174,6 +174,11 @@ class ElementwiseQuantizer(OpQuantizer):
     def quantize_node(
         self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
     ) -> NodeQuantSpec | None:
+        if node.op_type == "ReduceMean" and any(
+            _is_epsilon_add(c, graph) or c.op_type in ("Sqrt", "Reciprocal")
+            for c in graph.consumers(node.output[0])
+        ):
+            return None  # a normalization's variance: see _is_epsilon_add
         inputs = tuple(range(min(len(node.input), 2)))
         return NodeQuantSpec(activations=inputs, outputs=(0,))
 
