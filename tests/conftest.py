@@ -7,12 +7,21 @@ from collections.abc import Iterator
 
 import pytest
 
+_LOGGER = logging.getLogger("drpaiq")
+_PRISTINE = (list(_LOGGER.handlers), _LOGGER.level, _LOGGER.propagate)
+
+
+def _reset() -> None:
+    _LOGGER.handlers[:] = list(_PRISTINE[0])
+    _LOGGER.setLevel(_PRISTINE[1])
+    _LOGGER.propagate = _PRISTINE[2]
+
 
 @pytest.fixture(autouse=True)
-def _restore_drpaiq_logger() -> Iterator[None]:
-    """In-process CLI runs configure the 'drpaiq' logger; undo that after each test so
-    caplog-based tests see records regardless of test order."""
-    logger = logging.getLogger("drpaiq")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+def _pristine_drpaiq_logger() -> Iterator[None]:
+    """In-process CLI runs (also in module-scoped fixtures) configure the 'drpaiq'
+    logger; every test starts and ends with it as it was at start-up, so caplog-based
+    tests see records regardless of test order."""
+    _reset()
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    _reset()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -173,6 +174,53 @@ def test_chunks_from_several_readers_merge_to_one_pass(method: str) -> None:
     assert result.shapes["y"] == (None, 4, 6, 6)
 
 
+def test_small_batches_of_a_dynamic_batch_model_are_stacked() -> None:
+    data = images(6)
+    result = calibrate(conv_relu_add_model(), ["y"], ArrayReader(data, 1), builtin("minmax"))
+    # Runs of several samples at once: the batch dimension varies and is reported so.
+    assert result.shapes["y"] == (None, 4, 6, 6)
+    reference = numpy_tensors(data)["y"]
+    np.testing.assert_allclose(
+        [result.ranges["y"].rmin, result.ranges["y"].rmax],
+        [reference.min(), reference.max()],
+        rtol=1e-5,
+    )
+
+
+def batch_unsafe_model(batch_dim: str | int) -> onnx.ModelProto:
+    """x -> Reshape [1, -1] -> Softmax: stacking samples would mix them in the softmax."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["flat"], name="flatten"),
+            helper.make_node("Softmax", ["flat"], ["soft"], name="softmax", axis=1),
+        ],
+        "unsafe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch_dim, 3, 6, 6])],
+        [helper.make_tensor_value_info("soft", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, -1], dtype=np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("batch_dim", ["N", 1])
+def test_a_model_that_is_not_batch_safe_runs_one_batch_at_a_time(batch_dim: str | int) -> None:
+    data = images(5)
+    result = calibrate(
+        batch_unsafe_model(batch_dim), ["soft"], ArrayReader(data, 1), builtin("minmax")
+    )
+    flat = data.reshape(5, -1).astype(np.float64)
+    soft = np.exp(flat - flat.max(axis=1, keepdims=True))
+    soft /= soft.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(
+        [result.ranges["soft"].rmin, result.ranges["soft"].rmax],
+        [soft.min(), soft.max()],
+        rtol=1e-4,
+    )
+    assert result.samples == 5
+
+
 # ---------------------------------------------------------------------------
 # Passes and progress
 # ---------------------------------------------------------------------------
@@ -248,6 +296,38 @@ def test_a_reader_that_changes_between_passes_is_an_error() -> None:
             AboveHalfCalibrator(),
             quiet=True,
         )
+
+
+class FailingCalibrator(Calibrator):
+    """Fails while folding its second run."""
+
+    PLUGIN_NAME = "failing"
+
+    def new_state(self) -> list[int]:
+        return [0]
+
+    def collect(self, state: list[int], values: np.ndarray, pass_index: int) -> list[int]:
+        state[0] += 1
+        if state[0] == 2:
+            raise UserError("bad batch")
+        return state
+
+    def merge(self, a: list[int], b: list[int]) -> list[int]:
+        return [a[0] + b[0]]
+
+    def compute(self, state: list[int]) -> TensorRange:
+        return TensorRange(0.0, 1.0)
+
+
+def test_an_error_while_folding_stops_every_worker_thread() -> None:
+    # Runs of 1, 16, 16 and 7 samples: the second fails while later ones are on the way.
+    data = images(40)
+    with pytest.raises(UserError, match="bad batch"):
+        calibrate(
+            conv_relu_add_model(), ["y"], ArrayReader(data, 1), FailingCalibrator(), quiet=True
+        )
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("drpaiq-calibrate")]
+    assert alive == []
 
 
 # ---------------------------------------------------------------------------

@@ -168,22 +168,25 @@ def test_entropy_clips_heavy_tails_well_inside_the_maximum() -> None:
     values = heavy_tailed(rng, 400_000)
     entropy = run(EntropyCalibrator(), np.array_split(values, 16))
     minmax = run(MinMaxCalibrator(), [values])
-    threshold = entropy.details["threshold"]
     # Laplace(1): the 99.99th percentile of |x| is ln(1e4) = 9.2, the maximum of 400 000
-    # draws about 13. Entropy keeps the bulk and cuts the extreme tail.
-    assert 5.0 < threshold < 0.9 * max(-minmax.rmin, minmax.rmax)
+    # draws about 13. Entropy keeps the bulk and cuts the extreme tails.
+    high, low = entropy.details["threshold_high"], entropy.details["threshold_low"]
+    assert 5.0 < high < 0.9 * minmax.rmax
+    assert 0.9 * minmax.rmin < low < -5.0
+    assert (entropy.rmin, entropy.rmax) == (low, high)
     assert (entropy.rmin, entropy.rmax) != (minmax.rmin, minmax.rmax)
-    assert entropy.rmin == -threshold and entropy.rmax == threshold
 
 
 def test_entropy_ignores_rare_far_outliers() -> None:
     rng = np.random.default_rng(1)
     values = heavy_tailed(rng, 400_000, outliers=40)
     entropy = run(EntropyCalibrator(), [values])
-    # The maximum is near 1000; the bulk lives within about +-13. The threshold lands
-    # at the finest one the histogram allows (128 of its bins), far from the outliers.
-    assert entropy.rmax < 0.05 * float(values.max())
-    assert entropy.rmin > 0.05 * float(values.min())
+    # The extremes are near +-1000; the bulk lives within about +-13. Each side's
+    # threshold lands near the finest one the histogram allows (128 of its bins), an
+    # order of magnitude below the outliers.
+    finest = 128 * entropy.details["bin_width"]
+    assert finest <= entropy.rmax < 0.1 * float(values.max())
+    assert -finest >= entropy.rmin > 0.1 * float(values.min())
 
 
 def test_entropy_on_relu_outputs_searches_zero_to_max() -> None:
@@ -192,16 +195,29 @@ def test_entropy_on_relu_outputs_searches_zero_to_max() -> None:
     got = run(EntropyCalibrator(), [values])
     assert got.rmin == 0.0
     assert 3.0 < got.rmax < float(values.max())
+    assert "threshold_low" not in got.details
 
 
-def test_entropy_with_one_candidate_equals_minmax() -> None:
-    # The reference's default of 128 bins for 128 levels leaves a single candidate;
-    # here the magnitude histogram has at least num_bins + 1 bins, so even then there
-    # is a real search. With num_bins == num_quantized_bins it still finds a cut.
+def test_entropy_keeps_each_side_of_an_image_input() -> None:
+    # A normalized image: 60% background pixels at the minimum, the rest spread over
+    # the 256 levels up to 2.5 times further on the positive side. Folding the signs
+    # together would clip every bright pixel at the background's magnitude.
+    rng = np.random.default_rng(5)
+    pixels = np.where(rng.random(300_000) < 0.6, 0, rng.integers(0, 256, 300_000))
+    values = ((pixels / 255.0 - 0.286) / 0.353).astype(np.float32)
+    got = run(EntropyCalibrator(), [values])
+    assert got.rmin == values.min()
+    assert got.rmax > 0.9 * values.max()
+
+
+def test_too_few_bins_for_a_search_are_refused() -> None:
+    # The reference's histogram of 128 bins for 128 levels leaves a single candidate,
+    # so its "Entropy" is MinMax; drpaiq asks for at least two bins per level.
+    with pytest.raises(UserError, match="num_bins must be between 256"):
+        EntropyCalibrator({"num_bins": "128", "num_quantized_bins": "128"})
     rng = np.random.default_rng(4)
     values = heavy_tailed(rng, 100_000)
-    got = run(EntropyCalibrator({"num_bins": "128", "num_quantized_bins": "128"}), [values])
-    assert got.details["histogram"].size > 128
+    got = run(EntropyCalibrator({"num_bins": "256", "num_quantized_bins": "128"}), [values])
     assert got.rmax < float(values.max())
 
 
@@ -239,7 +255,7 @@ def test_percentile_100_is_minmax_and_relu_keeps_zero() -> None:
     ("cls", "options", "message"),
     [
         (EntropyCalibrator, {"num_bins": "abc"}, "num_bins must be an integer"),
-        (EntropyCalibrator, {"num_bins": 64}, "num_bins must be between 128"),
+        (EntropyCalibrator, {"num_bins": 200}, "num_bins must be between 256"),
         (EntropyCalibrator, {"num_quantized_bins": 1}, "num_quantized_bins must be between 2"),
         (EntropyCalibrator, {"num_bins": True}, "num_bins must be an integer"),
         (PercentileCalibrator, {"percentile_value": "high"}, "percentile_value must be a number"),

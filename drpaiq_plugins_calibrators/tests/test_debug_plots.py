@@ -60,9 +60,11 @@ def test_entropy_report_writes_plots_and_json(tmp_path: Path) -> None:
     assert document["settings"] == {"num_bins": 2048, "num_quantized_bins": 128}
     assert list(document["tensors"]) == NAMES
     conv = document["tensors"]["conv1/out:0"]
-    assert conv["threshold"] == ranges["conv1/out:0"].details["threshold"]
+    assert conv["threshold_high"] == ranges["conv1/out:0"].details["threshold_high"]
+    assert conv["threshold_low"] == ranges["conv1/out:0"].details["threshold_low"]
     assert conv["rmax"] == ranges["conv1/out:0"].rmax
     assert conv["histogram_bins"] > 2048 and conv["bin_width"] > 0
+    assert "threshold_low" not in document["tensors"]["relu"]
     assert document["tensors"][""]["empty"] is True
     pngs = sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
     # One plot per tensor that had values; every file stays inside the folder.

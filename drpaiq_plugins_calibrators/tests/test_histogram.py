@@ -54,11 +54,12 @@ def test_growing_batches_equal_binning_everything_at_once() -> None:
     np.testing.assert_array_equal(state.counts, counts)
 
 
-def test_magnitude_histogram_folds_both_signs() -> None:
+def test_side_and_signed_bins() -> None:
     state = folded([np.array([-2.5, -0.5, 0.0, 0.5, 1.0, 3.9], dtype=np.float32)], 4)
     # |x| < 4 with 4 bins per side: width 1.
     assert state.width == 1.0
-    np.testing.assert_array_equal(histogram.abs_counts(state), [3, 1, 1, 1])
+    np.testing.assert_array_equal(histogram.side_counts(state, negative=False), [3, 1, 0, 1])
+    np.testing.assert_array_equal(histogram.side_counts(state, negative=True), [3, 0, 1])
     counts, lower, upper = histogram.signed_bins(state)
     # Bins -2 .. 3; bin 0 is (-1, 1) and holds -0.5, 0 and 0.5 (truncation toward 0).
     np.testing.assert_array_equal(counts, [1, 0, 3, 1, 0, 1])

@@ -52,9 +52,11 @@ _OVERLAP = True
 #: The worker's end-of-data marker.
 _DONE = object()
 
-#: Outputs per stacked run, in bytes: small enough to stay in the CPU caches (larger
-#: groups measured slower), large enough to spread the per-call cost.
-_GROUP_BYTES = 2 * 1024 * 1024
+#: Outputs per stacked run, in bytes: enough to spread the per-call cost of ONNX
+#: Runtime and of folding each tensor over many samples (on the 32x32 sample model,
+#: 8 MB runs calibrated 1.5x faster than single images), small enough that the few runs
+#: alive at once stay a small, fixed amount of memory.
+_GROUP_BYTES = 8 * 1024 * 1024
 
 #: At most this many samples per stacked run.
 _GROUP_SAMPLES = 16
@@ -211,10 +213,6 @@ class ActivationRunner:
         # Idle pool threads must not spin: between runs this process folds statistics
         # on the same cores (measured: spinning made calibration 1.8x slower).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        import os as _os  # EXPERIMENT
-
-        if _os.environ.get("DRPAIQ_THREADS"):  # EXPERIMENT
-            options.intra_op_num_threads = int(_os.environ["DRPAIQ_THREADS"])  # EXPERIMENT
         existing = len(model.graph.output)
         known = {o.name for o in model.graph.output}
         types = _element_types(model)
@@ -516,6 +514,13 @@ def finish(
             f"tensor {name!r}: {count} of {total} calibration values were NaN or Inf and "
             "were left out; check the model and the input normalization"
         )
+    if debug_dir is not None:
+        try:
+            debug_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create debug folder {debug_dir}: {exc.strerror or exc}"
+            ) from None
     calibrator.report(ranges, debug_dir)
     return CalibrationResult(
         ranges=ranges, shapes=dict(stats.shapes), nonfinite=nonfinite, samples=stats.samples

@@ -6,9 +6,13 @@ commands that need them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,9 +67,27 @@ def configure_logging(quiet: bool, verbose: int) -> None:
         logger.setLevel(logging.INFO)
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (how build systems, CI timeouts and
+    ``docker stop`` end a process), so that it unwinds like Ctrl-C: temporary files
+    removed, no partial output; the exit code is 128 + 15."""
+
+    exit_code = 143
+    message = "drpaiq: terminated; no output was written"
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Say that the run was stopped; the exit code (130 for Ctrl-C, 143 for SIGTERM)."""
+    if isinstance(exc, Terminated):
+        click.echo(Terminated.message, err=True)
+        return Terminated.exit_code
+    click.echo("drpaiq: interrupted; no output was written", err=True)
+    return 130
+
+
 class DrpaiqGroup(click.Group):
     """A group that turns :class:`UserError` into one line and exit code 2, and
-    Ctrl-C into exit code 130."""
+    Ctrl-C into exit code 130 (SIGTERM: 143)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -73,9 +95,8 @@ class DrpaiqGroup(click.Group):
         except UserError as exc:
             click.echo(f"drpaiq: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("drpaiq: interrupted; no output was written", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            ctx.exit(_interrupted(exc))
 
 
 def build_cli(host: PluginHost | None = None) -> click.Group:
@@ -183,9 +204,33 @@ def main(argv: list[str] | None = None, prog_name: str = "drpaiq") -> None:
     """Entry point of the ``drpaiq`` console script.
 
     Usage mistakes (an unknown option, a missing argument) become one line and exit
-    code 2, like every other user error; Ctrl-C exits with 130. Anything else is a bug
-    of drpaiq or of a plugin: one line and exit code 1 (the traceback with ``-vv``).
+    code 2, like every other user error; Ctrl-C exits with 130 and SIGTERM with 143,
+    both after removing temporary files. Anything else is a bug of drpaiq or of a
+    plugin: one line and exit code 1 (the traceback with ``-vv``).
     """
+    with _sigterm_unwinds():
+        _main(argv, prog_name)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` (in the main thread
+    only: Python runs signal handlers there, and only there can it set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None, prog_name: str) -> None:
     try:
         # Inside the try: plugin loading may raise a UserError, and a Ctrl-C while the
         # plugins import must not end in a traceback either.
@@ -201,9 +246,14 @@ def main(argv: list[str] | None = None, prog_name: str = "drpaiq") -> None:
     except click.ClickException as exc:
         click.echo(f"drpaiq: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.Abort):
-        click.echo("drpaiq: interrupted; no output was written", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(_interrupted(exc))
+    except click.Abort as exc:
+        # click turns an interrupt outside the command (while parsing) into Abort.
+        cause = exc.__cause__
+        sys.exit(
+            _interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt())
+        )
     except Exception as exc:
         if logging.getLogger("drpaiq").isEnabledFor(logging.DEBUG):
             raise

@@ -130,7 +130,7 @@ def _session(path: Path) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -210,7 +210,14 @@ def _score(
     score: ModelScore, session: Any, feeds: dict[str, np.ndarray], labels: np.ndarray, classes: int
 ) -> None:
     output = session.get_outputs()[0].name
-    logits = np.asarray(session.run([output], feeds)[0])
+    try:
+        logits = np.asarray(session.run([output], feeds)[0])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"model {score.model}: ONNX Runtime failed on the evaluation images: {first}; check "
+            "the layout (--nchw/--nhwc) and --input-shape"
+        ) from None
     if logits.ndim < 2 or logits.shape[0] != labels.shape[0]:
         raise UserError(
             f"model {score.model}: output {output!r} has shape {list(logits.shape)}; evaluate "

@@ -77,6 +77,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         ) from None
     if not model.HasField("graph") or not model.graph.node:
         raise UserError(f"model {model_path} has no graph nodes; is it an ONNX model file?")
+    _check_names(model, model_path)
     check_external_data(model, model_path.parent)
     try:
         from onnx.external_data_helper import load_external_data_for_model
@@ -99,6 +100,27 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise UserError(f"model {model_path} is not a valid ONNX model: {first}") from None
     _check_finite_weights(model, model_path)
     return model
+
+
+def _check_names(model: onnx.ModelProto, model_path: Path) -> None:
+    """Refuse names that are not UTF-8 text. Protobuf hands such a name to Python as
+    bytes instead of str, onnx.checker does not look at all of them (dimension names),
+    and ONNX Runtime's Python API fails on them deep inside a run."""
+    graph = model.graph
+    texts: list[str | bytes] = [entry.domain for entry in model.opset_import]
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        texts.append(value.name)
+        texts.extend(dim.dim_param for dim in value.type.tensor_type.shape.dim)
+    for node in graph.node:
+        texts.extend([node.name, node.op_type, node.domain, *node.input, *node.output])
+        texts.extend(attr.name for attr in node.attribute)
+    texts.extend(init.name for init in graph.initializer)
+    for text in texts:
+        if isinstance(text, bytes):
+            raise UserError(
+                f"model {model_path} has a name that is not UTF-8 text ({text[:40]!r}); "
+                "the file is damaged, re-export it"
+            )
 
 
 def _check_finite_weights(model: onnx.ModelProto, model_path: Path) -> None:
@@ -142,6 +164,13 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
             int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
             for d in tensor_type.shape.dim
         )
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type or 1))
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type or 1))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(
+                f"model input {value.name!r} has element type {tensor_type.elem_type}, which "
+                "is not an ONNX tensor type drpaiq can feed; the model file is damaged or "
+                "newer than this drpaiq"
+            ) from None
         specs.append(InputSpec(value.name, dims, dtype))
     return specs

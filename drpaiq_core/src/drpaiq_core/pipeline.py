@@ -84,8 +84,10 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     debug_dir = config.debug_dir
     if debug_dir is None and config.options.get("entropy_debug"):
         debug_dir = Path(config.options["entropy_debug"])
-    if debug_dir is not None:
-        debug_dir.mkdir(parents=True, exist_ok=True)
+    # The folder itself is made only once there is something to put in it (see
+    # calibrate.finish): a run that fails before then leaves no empty folder behind.
+    if debug_dir is not None and debug_dir.exists() and not debug_dir.is_dir():
+        raise UserError(f"debug folder {debug_dir} is a file; give a folder path")
 
     original = load_model(input_path)
     opset_before = default_opset(original)

@@ -124,7 +124,8 @@ def bias_params(
     weight is, one scale when the weight is per tensor) and zero point 0."""
     b = np.asarray(bias, dtype=np.float64).reshape(-1)
     scale = (np.float64(input_scale) * np.asarray(weight_scale, dtype=np.float64)).reshape(-1)
-    scale32 = np.maximum(scale, MIN_SCALE).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow to inf is refused by verify
+        scale32 = np.maximum(scale, MIN_SCALE).astype(np.float32)
     q = np.clip(np.round(b / scale32.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
     axis: int | None = 0
     if np.asarray(weight_scale).size == 1:

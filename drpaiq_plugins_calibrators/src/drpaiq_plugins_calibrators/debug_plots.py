@@ -55,7 +55,7 @@ def _tensor_entry(tensor_range: TensorRange) -> dict[str, Any]:
         "rmin": _json_number(tensor_range.rmin),
         "rmax": _json_number(tensor_range.rmax),
     }
-    for key in ("min", "max", "threshold", "kl_min", "bin_width"):
+    for key in ("min", "max", "threshold_low", "threshold_high", "bin_width"):
         if key in details:
             entry[key] = _json_number(details[key])
     for key in ("count", "num_bins", "num_quantized_bins"):
@@ -63,6 +63,8 @@ def _tensor_entry(tensor_range: TensorRange) -> dict[str, Any]:
             entry[key] = int(details[key])
     if "percentile" in details:
         entry["percentile_value"] = float(details["percentile"])
+    if "zeros" in details:
+        entry["zeros"] = int(details["zeros"])
     if "histogram" in details:
         entry["histogram_bins"] = int(np.asarray(details["histogram"]).size)
     if details.get("empty"):
@@ -123,58 +125,63 @@ def _figure_class() -> Any:
 
 
 def plot_entropy(figure: Any, name: str, tensor_range: TensorRange) -> None:
-    """Top: the magnitude histogram (log counts) with the threshold and the maximum;
-    bottom: the KL divergence of every candidate threshold, the chosen one marked."""
+    """Top: the histogram (log counts) with the chosen range and the extremes; bottom:
+    the KL divergence of every candidate threshold of each side, the chosen ones marked
+    (the negative side's candidates at their negative value)."""
     details = tensor_range.details
-    counts = np.asarray(details["histogram"])
-    width = float(details["bin_width"])
-    threshold = float(details.get("threshold", counts.size * width))
-    edges = np.arange(counts.size + 1) * width
     top, bottom = figure.subplots(2, 1)
-    top.stairs(counts, edges, fill=True, color="tab:blue")
-    top.set_yscale("symlog", linthresh=1.0)
-    top.axvline(threshold, color="tab:red", label=f"threshold {threshold:.4g}")
-    top.axvline(max(-details["min"], details["max"]), color="gray", ls="--", label="max |x|")
-    top.set_xlabel("|x|")
-    top.set_ylabel("count")
-    top.legend(loc="upper right")
+    _histogram_axes(top, details, tensor_range)
     zeros = int(details.get("zeros", 0))
     top.set_title(
         f"{name}\nrange [{tensor_range.rmin:.4g}, {tensor_range.rmax:.4g}]"
         + (f", {zeros} exact zeros (not searched)" if zeros else ""),
         fontsize=9,
     )
-    curve = details.get("kl")
-    if curve is not None:
+    width = float(details["bin_width"])
+    levels = int(details["num_quantized_bins"])
+    drawn = False
+    for key, sign, color in (("kl_high", 1.0, "tab:green"), ("kl_low", -1.0, "tab:purple")):
+        curve = details.get(key)
+        if curve is None:
+            continue
         curve = np.asarray(curve)
-        levels = int(details["num_quantized_bins"])
-        thresholds = (levels + np.arange(curve.size)) * width
+        thresholds = sign * (levels + np.arange(curve.size)) * width
         finite = np.isfinite(curve)
-        bottom.plot(thresholds[finite], curve[finite], color="tab:green")
-        bottom.axvline(threshold, color="tab:red")
-        bottom.set_xlabel("candidate threshold")
-        bottom.set_ylabel("KL divergence")
-        if np.all(curve[finite] > 0):
-            bottom.set_yscale("log")
-    else:
-        bottom.text(0.5, 0.5, "no search: all values within the quantized bins", ha="center")
+        bottom.plot(thresholds[finite], curve[finite], color=color)
+        drawn = drawn or bool(np.all(curve[finite] > 0))
+    for key in ("threshold_low", "threshold_high"):
+        if details.get(key) is not None:
+            bottom.axvline(float(details[key]), color="tab:red")
+    if drawn:
+        bottom.set_yscale("log")
+    bottom.set_xlabel("candidate threshold")
+    bottom.set_ylabel("KL divergence")
     figure.tight_layout()
 
 
-def plot_percentile(figure: Any, name: str, tensor_range: TensorRange) -> None:
-    """The signed histogram (log counts) with the two percentile cuts."""
-    details = tensor_range.details
+def _histogram_axes(axes: Any, details: Mapping[str, Any], tensor_range: TensorRange) -> None:
     counts = np.asarray(details["histogram"])
     lower = np.asarray(details["histogram_lower"])
     upper = np.asarray(details["histogram_upper"])
-    edges = np.append(lower, upper[-1:])
-    axes = figure.subplots(1, 1)
-    axes.stairs(counts, edges, fill=True, color="tab:blue")
+    axes.stairs(counts, np.append(lower, upper[-1:]), fill=True, color="tab:blue")
     axes.set_yscale("symlog", linthresh=1.0)
-    axes.axvline(tensor_range.rmin, color="tab:red", label=f"rmin {tensor_range.rmin:.4g}")
-    axes.axvline(tensor_range.rmax, color="tab:red", label=f"rmax {tensor_range.rmax:.4g}")
+    # Red: the range chosen; dashed gray: the extremes seen.
+    for end in (tensor_range.rmin, tensor_range.rmax):
+        axes.axvline(end, color="tab:red")
+    for extreme in (details["min"], details["max"]):
+        axes.axvline(extreme, color="gray", ls="--")
     axes.set_xlabel("x")
     axes.set_ylabel("count")
-    axes.legend(loc="upper right")
-    axes.set_title(f"{name}\npercentile {details['percentile']}", fontsize=9)
+
+
+def plot_percentile(figure: Any, name: str, tensor_range: TensorRange) -> None:
+    """The histogram (log counts) with the two percentile cuts and the extremes."""
+    details = tensor_range.details
+    axes = figure.subplots(1, 1)
+    _histogram_axes(axes, details, tensor_range)
+    axes.set_title(
+        f"{name}\npercentile {details['percentile']}: range "
+        f"[{tensor_range.rmin:.4g}, {tensor_range.rmax:.4g}]",
+        fontsize=9,
+    )
     figure.tight_layout()

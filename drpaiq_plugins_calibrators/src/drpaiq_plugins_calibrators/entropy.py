@@ -1,9 +1,11 @@
-"""Entropy calibration: the clipping threshold that loses the least information.
+"""Entropy calibration: the clipping thresholds that lose the least information.
 
-The values' magnitudes ``|x|`` are gathered in a fine histogram (see
-:mod:`drpaiq_plugins_calibrators.histogram`: one pass, exactly mergeable, at least
-``num_bins`` occupied bins). For every candidate threshold ``t_i = i * w`` (the first
-``i`` bins kept, ``i`` from ``num_quantized_bins`` to the last occupied bin) we compare
+The values are gathered in a fine histogram (see
+:mod:`drpaiq_plugins_calibrators.histogram`: one pass, exactly mergeable, between
+``num_bins / 2`` and ``num_bins`` occupied bins on the side of the largest magnitude).
+Each sign is searched on its own, on the histogram of its magnitudes: for every
+candidate threshold ``t_i = i * w`` (the first ``i`` bins kept, ``i`` from
+``num_quantized_bins`` to the last occupied bin) we compare
 
 * ``P_i``: the histogram cut at ``t_i``, the clipped mass added to its last bin (what the
   tensor looks like after clipping), with
@@ -13,14 +15,23 @@ The values' magnitudes ``|x|`` are gathered in a fine histogram (see
 
 and choose the ``t_i`` of smallest Kullback-Leibler divergence ``KL(P_i || Q_i)``. A low
 threshold quantizes finely but clips much; a high one clips nothing but quantizes
-coarsely; heavy-tailed activations get a threshold well inside their maximum.
+coarsely; heavy-tailed activations get a threshold well inside their maximum. The
+range is ``[-t_negative, t_positive]``, each end never beyond the values seen; a side
+with no values keeps its extreme (``[min, t]`` after a ReLU, which the asymmetric
+quantizer widens to include 0).
+
+Why each sign on its own: the quantizer is asymmetric, so the two ends need not match,
+and folding the signs together mixes unrelated shapes. On a normalized image input
+(a spike of background pixels at the minimum, a spread of bright pixels up to 2.5 times
+further on the other side) the folded search clipped the bright side at the
+background's magnitude; searched apart, each side keeps its own extent.
 
 The search is vectorized: with cumulative sums of the counts, of the non-empty flags and
 of ``p log p``, every group's mass and occupancy for every candidate is a pair of
 lookups, and ``KL`` for all candidates is a handful of array expressions over a
-``(candidates x groups)`` matrix, evaluated in blocks to bound memory. Within a group
-``Q`` is constant on the bins where ``P`` is non-zero, so ``sum P log Q`` needs only the
-group masses:
+``(candidates x groups)`` matrix, evaluated in cache-sized blocks. Within a group ``Q``
+is constant on the bins where ``P`` is non-zero, so ``sum P log Q`` needs only the group
+masses:
 
     KL_i = sum_t P_t log P_t - sum_g P_g log(G_g / nz_g + eps) + log Z_i
 
@@ -33,10 +44,6 @@ last group would cost an infinite divergence and push the threshold out to them.
 Exact zeros are left out of the search: the quantizer represents real 0 exactly, so
 they cost nothing at any threshold, while the spike of zeros after a ReLU would
 otherwise dominate the divergence and pull the threshold far into the data.
-
-Signed tensors use the magnitude histogram and the range ``[max(min, -t), min(max, t)]``;
-tensors that are never negative (after ReLU) search ``[0, max]`` the same way and get
-``[min, t]``, which the asymmetric quantizer widens to include 0.
 """
 
 from __future__ import annotations
@@ -127,9 +134,9 @@ def kl_divergence_curve(counts: np.ndarray, num_quantized_bins: int) -> np.ndarr
 class EntropyCalibrator(Calibrator):
     """Range from the KL-divergence threshold search (TensorRT-style entropy calibration).
 
-    Options: ``num_bins`` (default 2048, the least number of histogram bins over the
-    data's magnitude), ``num_quantized_bins`` (default 128), ``entropy_debug`` (a folder
-    for the debug plots and JSON).
+    Options: ``num_bins`` (default 2048, histogram bins per sign), ``num_quantized_bins``
+    (default 128, the levels each side is quantized to), ``entropy_debug`` (a folder for
+    the debug plots and JSON).
     """
 
     PLUGIN_NAME: ClassVar[str] = "entropy"
@@ -144,14 +151,20 @@ class EntropyCalibrator(Calibrator):
         self.num_quantized_bins = int_option(
             self.options, "num_quantized_bins", DEFAULT_NUM_QUANTIZED_BINS, low=2, high=MAX_BINS
         )
+        # At least two bins per level, so that each side's search has candidates (the
+        # occupied side has more than num_bins / 2 bins).
         self.num_bins = int_option(
-            self.options, "num_bins", DEFAULT_NUM_BINS, low=self.num_quantized_bins, high=MAX_BINS
+            self.options,
+            "num_bins",
+            DEFAULT_NUM_BINS,
+            low=2 * self.num_quantized_bins,
+            high=MAX_BINS,
         )
         self.debug_dir = path_option(self.options, "entropy_debug")
 
     def new_state(self) -> histogram.HistogramState:
-        """An empty histogram with ``2 * num_bins`` bins per side."""
-        return histogram.HistogramState(capacity=2 * self.num_bins)
+        """An empty histogram with ``num_bins`` bins per side."""
+        return histogram.HistogramState(capacity=self.num_bins)
 
     def collect(
         self, state: histogram.HistogramState, values: np.ndarray, pass_index: int
@@ -167,8 +180,8 @@ class EntropyCalibrator(Calibrator):
         return histogram.merge(a, b)
 
     def compute(self, state: histogram.HistogramState) -> TensorRange:
-        """Search the threshold of least KL divergence; the details keep the
-        magnitude histogram and the KL curve for :meth:`report`."""
+        """Search the threshold of least KL divergence on each side that has values;
+        the details keep the histogram and the KL curves for :meth:`report`."""
         details: dict[str, Any] = {
             "method": "entropy",
             "count": state.count,
@@ -178,28 +191,45 @@ class EntropyCalibrator(Calibrator):
         if state.count == 0:
             details["empty"] = True
             return TensorRange(0.0, 0.0, details)
-        counts = histogram.abs_counts(state)
-        width = state.width
+        counts, lower, upper = histogram.signed_bins(state)
         details.update(
-            min=state.vmin, max=state.vmax, zeros=state.zeros, bin_width=width, histogram=counts
+            min=state.vmin,
+            max=state.vmax,
+            zeros=state.zeros,
+            bin_width=state.width,
+            histogram=counts,
+            histogram_lower=lower,
+            histogram_upper=upper,
         )
+        rmin, rmax = state.vmin, state.vmax
+        if state.vmax > 0:
+            threshold, curve = self._search(state, negative=False)
+            rmax = min(state.vmax, threshold)
+            details.update(threshold_high=threshold, kl_high=curve)
+        if state.vmin < 0:
+            threshold, curve = self._search(state, negative=True)
+            rmin = max(state.vmin, -threshold)
+            details.update(threshold_low=-threshold, kl_low=curve)
+        return TensorRange(rmin, rmax, details)
+
+    def _search(
+        self, state: histogram.HistogramState, *, negative: bool
+    ) -> tuple[float, np.ndarray | None]:
+        """The threshold of one side (a magnitude) and its KL curve (None when the side
+        is too narrow to clip)."""
+        counts = histogram.side_counts(state, negative=negative)
         # Exact zeros (the spike after ReLU, padding) are represented exactly at any
         # threshold; left in, the spike would dominate the divergence and drive the
         # threshold down to where bin 0 is a quantization level of its own.
-        searched = counts.copy()
-        if searched.size:
-            searched[0] -= state.zeros
-        occupied = np.flatnonzero(searched)
-        searched = searched[: occupied[-1] + 1] if occupied.size else searched[:0]
-        if searched.size <= self.num_quantized_bins:
-            # Nothing to clip: every value fits the quantized bins as it is.
-            details["threshold"] = max(-state.vmin, state.vmax)
-            return TensorRange(state.vmin, state.vmax, details)
-        curve = kl_divergence_curve(searched, self.num_quantized_bins)
-        best = int(np.argmin(curve))
-        threshold = (self.num_quantized_bins + best) * width
-        details.update(threshold=threshold, kl=curve, kl_min=float(curve[best]))
-        return TensorRange(max(state.vmin, -threshold), min(state.vmax, threshold), details)
+        if counts.size:
+            counts[0] -= state.zeros
+        occupied = np.flatnonzero(counts)
+        counts = counts[: occupied[-1] + 1] if occupied.size else counts[:0]
+        if counts.size <= self.num_quantized_bins:
+            # Every value fits the quantized levels as it is: nothing to clip.
+            return counts.size * state.width, None
+        curve = kl_divergence_curve(counts, self.num_quantized_bins)
+        return (self.num_quantized_bins + int(np.argmin(curve))) * state.width, curve
 
     def report(self, ranges: Mapping[str, TensorRange], debug_dir: Path | None) -> None:
         """With ``debug_dir`` (or the ``entropy_debug`` option): one PNG per tensor

@@ -20,11 +20,12 @@ on the largest ``|x|`` of all the data, and integer counts add in any order, so
 splitting the data into batches or chunks, collecting each and merging the states
 reproduces one pass bit for bit, whatever the batch size or order.
 
-With ``capacity = 2 * num_bins`` bins per side and the smallest fitting exponent, the
-data's largest ``|x|`` always falls between bin ``num_bins`` and bin ``2 * num_bins``:
-the histogram of ``|x|`` has between ``num_bins + 1`` and ``2 * num_bins`` occupied bins,
-never fewer than the user asked for. The state holds ``4 * num_bins - 1`` int64 counts
-(32 KB per tensor at the default 2048 bins), independent of the number of batches.
+The calibrators use ``capacity = num_bins``: with the smallest fitting exponent, the
+largest magnitude falls between bin ``num_bins / 2`` and bin ``num_bins``, so the side
+of the largest magnitude has between ``num_bins / 2 + 1`` and ``num_bins`` occupied bins
+(at least the resolution of a ``num_bins`` histogram over ``[-max, max]``). The state
+holds ``2 * num_bins - 1`` int64 counts (16 KB per tensor at the default 2048 bins),
+independent of the number of batches.
 """
 
 from __future__ import annotations
@@ -162,14 +163,14 @@ def merge(a: HistogramState, b: HistogramState) -> HistogramState:
     return out
 
 
-def abs_counts(state: HistogramState) -> np.ndarray:
-    """Counts of ``|x|``: bin ``m`` holds ``m*w <= |x| < (m+1)*w``; trailing empty bins
-    are dropped (so the last bin holds the largest ``|x|``)."""
+def side_counts(state: HistogramState, *, negative: bool) -> np.ndarray:
+    """Counts of one sign's magnitudes: bin ``m`` holds the values of that sign with
+    ``m*w <= |x| < (m+1)*w`` (bin 0, ``(-w, w)``, belongs to both sides); trailing empty
+    bins are dropped. A new array."""
     offset = state.capacity - 1
-    folded = state.counts[offset:].copy()
-    folded[1:] += state.counts[:offset][::-1]
-    nonzero = np.flatnonzero(folded)
-    return folded[: nonzero[-1] + 1] if nonzero.size else folded[:0]
+    side = state.counts[offset::-1] if negative else state.counts[offset:]
+    nonzero = np.flatnonzero(side)
+    return side[: nonzero[-1] + 1].copy() if nonzero.size else side[:0].copy()
 
 
 def signed_bins(state: HistogramState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,8 +5,9 @@ With ``percentile_value`` ``p`` (default 99.999), the range is cut where at most
 signed data are clipped independently; for data that is never negative the lower end
 stays at the minimum (usually the zeros after ReLU). The cut points are read from the
 one-pass, exactly mergeable histogram of :mod:`drpaiq_plugins_calibrators.histogram`
-(at least ``num_bins`` bins over the data's magnitude) and rounded outward to bin edges,
-never beyond the values seen. ``p = 100`` gives exactly MinMax.
+(``num_bins`` bins per sign, between half and all of them occupied on the side of the
+largest magnitude) and rounded outward to bin edges, never beyond the values seen.
+``p = 100`` gives exactly MinMax.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class PercentileCalibrator(Calibrator):
         )
 
     def new_state(self) -> histogram.HistogramState:
-        """An empty histogram with ``2 * num_bins`` bins per side."""
-        return histogram.HistogramState(capacity=2 * self.num_bins)
+        """An empty histogram with ``num_bins`` bins per side."""
+        return histogram.HistogramState(capacity=self.num_bins)
 
     def collect(
         self, state: histogram.HistogramState, values: np.ndarray, pass_index: int
