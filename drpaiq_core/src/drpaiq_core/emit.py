@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from drpaiq_core.plan import QuantPlan
-from drpaiq_core.qparams import QParams
+from drpaiq_core.qparams import NP_TYPES, QParams
 
 
 class _Names:
@@ -45,20 +46,68 @@ class _Names:
         return name
 
 
-def _params_initializers(
-    base: str, params: QParams, names: _Names
-) -> tuple[str, str, list[TensorProto]]:
-    scale_name = names.new(f"{base}_scale")
-    zp_name = names.new(f"{base}_zero_point")
-    inits = [
-        numpy_helper.from_array(params.scale, scale_name),
-        numpy_helper.from_array(params.zero_point, zp_name),
-    ]
-    return scale_name, zp_name, inits
+class _Builder:
+    """Creates QuantizeLinear/DequantizeLinear nodes and their parameter initializers
+    with names unique in the graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.names = _Names(model)
+        self.initializers: list[TensorProto] = []
+
+    def _params(self, base: str, params: QParams) -> tuple[str, str]:
+        scale_name = self.names.new(f"{base}_scale")
+        zp_name = self.names.new(f"{base}_zero_point")
+        self.initializers.append(numpy_helper.from_array(params.scale, scale_name))
+        self.initializers.append(numpy_helper.from_array(params.zero_point, zp_name))
+        return scale_name, zp_name
+
+    def dequantize_constant(
+        self, values: np.ndarray, int_base: str, base: str, params: QParams
+    ) -> tuple[onnx.NodeProto, str]:
+        """An integer initializer and the DequantizeLinear reading it."""
+        int_name = self.names.new(int_base)
+        self.initializers.append(numpy_helper.from_array(values, int_name))
+        scale, zp = self._params(base, params)
+        dq_out = self.names.new(f"{base}_dequantized")
+        node = helper.make_node(
+            "DequantizeLinear",
+            [int_name, scale, zp],
+            [dq_out],
+            name=self.names.new(f"{base}_DequantizeLinear"),
+            **_axis_attrs(params),
+        )
+        return node, dq_out
+
+    def quantize_pair(
+        self, source: str, base: str, params: QParams, q_out: str, dq_out: str
+    ) -> list[onnx.NodeProto]:
+        """QuantizeLinear(source) -> DequantizeLinear -> ``dq_out``."""
+        scale, zp = self._params(base, params)
+        return [
+            helper.make_node(
+                "QuantizeLinear",
+                [source, scale, zp],
+                [q_out],
+                name=self.names.new(f"{base}_QuantizeLinear"),
+            ),
+            helper.make_node(
+                "DequantizeLinear",
+                [q_out, scale, zp],
+                [dq_out],
+                name=self.names.new(f"{base}_DequantizeLinear"),
+            ),
+        ]
 
 
 def _axis_attrs(params: QParams) -> dict[str, Any]:
     return {"axis": params.axis} if params.axis is not None and params.scale.ndim == 1 else {}
+
+
+def _quantize_values(values: np.ndarray, params: QParams) -> np.ndarray:
+    info = np.iinfo(NP_TYPES[params.dtype])
+    zero_point = params.zero_point.astype(np.float32)
+    q = np.clip(np.round(values / params.scale) + zero_point, info.min, info.max)
+    return q.astype(NP_TYPES[params.dtype])
 
 
 def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -66,28 +115,16 @@ def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    names = _Names(out)
-    new_inits: list[TensorProto] = []
+    build = _Builder(out)
+    names = build.names
     head: list[onnx.NodeProto] = []
     graph_inputs = {v.name for v in graph.input} - {i.name for i in graph.initializer}
 
     # Constants: integer initializers + DequantizeLinear, read by the planned users.
     rewire: dict[tuple[str, int], str] = {}
     for qname, weight in sorted(plan.constants.items()):
-        int_name = names.new(qname)
-        new_inits.append(numpy_helper.from_array(weight.values, int_name))
-        scale, zp, inits = _params_initializers(weight.source, weight.params, names)
-        new_inits.extend(inits)
-        dq_out = names.new(f"{weight.source}_dequantized")
-        head.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [int_name, scale, zp],
-                [dq_out],
-                name=names.new(f"{weight.source}_DequantizeLinear"),
-                **_axis_attrs(weight.params),
-            )
-        )
+        node, dq_out = build.dequantize_constant(weight.values, qname, weight.source, weight.params)
+        head.append(node)
         for user in weight.users:
             rewire[user] = dq_out
 
@@ -95,52 +132,15 @@ def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     replace: dict[str, str] = {}
     for tensor, value in sorted(plan.constant_activations.items()):
         params = plan.activations[tensor]
-        import numpy as np
-
-        from drpaiq_core.qparams import NP_TYPES
-
-        info = np.iinfo(NP_TYPES[params.dtype])
-        q = np.clip(
-            np.round(value / params.scale) + params.zero_point.astype(np.float32),
-            info.min,
-            info.max,
-        ).astype(NP_TYPES[params.dtype])
-        int_name = names.new(f"{tensor}_quantized")
-        new_inits.append(numpy_helper.from_array(q, int_name))
-        scale, zp, inits = _params_initializers(tensor, params, names)
-        new_inits.extend(inits)
-        dq_out = names.new(f"{tensor}_dequantized")
-        head.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [int_name, scale, zp],
-                [dq_out],
-                name=names.new(f"{tensor}_DequantizeLinear"),
-            )
+        node, dq_out = build.dequantize_constant(
+            _quantize_values(value, params), f"{tensor}_quantized", tensor, params
         )
+        head.append(node)
         replace[tensor] = dq_out
     for tensor in sorted(t for t in plan.activations if t in graph_inputs):
-        params = plan.activations[tensor]
-        scale, zp, inits = _params_initializers(tensor, params, names)
-        new_inits.extend(inits)
-        q_out = names.new(f"{tensor}_quantized")
         dq_out = names.new(f"{tensor}_dequantized")
-        head.append(
-            helper.make_node(
-                "QuantizeLinear",
-                [tensor, scale, zp],
-                [q_out],
-                name=names.new(f"{tensor}_QuantizeLinear"),
-            )
-        )
-        head.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [q_out, scale, zp],
-                [dq_out],
-                name=names.new(f"{tensor}_DequantizeLinear"),
-            )
-        )
+        q_out = names.new(f"{tensor}_quantized")
+        head.extend(build.quantize_pair(tensor, tensor, plan.activations[tensor], q_out, dq_out))
         replace[tensor] = dq_out
 
     produced = {t for t in plan.activations if t not in graph_inputs}
@@ -152,61 +152,25 @@ def emit(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
                 node.input[index] = rewire[(node.name, index)]
             elif name in replace:
                 node.input[index] = replace[name]
-        for index, name in enumerate(node.input):
             edge = plan.edges.get((node.name, index))
-            if edge is None:
-                continue
-            base = f"{node.name}_input{index}_requantized"
-            scale, zp, inits = _params_initializers(base, edge, names)
-            new_inits.extend(inits)
-            q_out = names.new(f"{base}_q")
-            dq_out = names.new(base)
-            body.append(
-                helper.make_node(
-                    "QuantizeLinear",
-                    [name, scale, zp],
-                    [q_out],
-                    name=names.new(f"{base}_QuantizeLinear"),
-                )
-            )
-            body.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [q_out, scale, zp],
-                    [dq_out],
-                    name=names.new(f"{base}_DequantizeLinear"),
-                )
-            )
-            node.input[index] = dq_out
+            if edge is not None:
+                base = f"{node.name}_input{index}_requantized"
+                dq_out = names.new(base)
+                q_out = names.new(f"{base}_q")
+                body.extend(build.quantize_pair(node.input[index], base, edge, q_out, dq_out))
+                node.input[index] = dq_out
         tail: list[onnx.NodeProto] = []
         for index, name in enumerate(node.output):
             if name not in produced:
                 continue
-            params = plan.activations[name]
             float_name = names.new(f"{name}_float")
             node.output[index] = float_name
-            scale, zp, inits = _params_initializers(name, params, names)
-            new_inits.extend(inits)
             q_out = names.new(f"{name}_quantized")
-            tail.append(
-                helper.make_node(
-                    "QuantizeLinear",
-                    [float_name, scale, zp],
-                    [q_out],
-                    name=names.new(f"{name}_QuantizeLinear"),
-                )
-            )
-            tail.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [q_out, scale, zp],
-                    [name],
-                    name=names.new(f"{name}_DequantizeLinear"),
-                )
-            )
+            tail.extend(build.quantize_pair(float_name, name, plan.activations[name], q_out, name))
         body.append(node)
         body.extend(tail)
 
+    new_inits = build.initializers
     del graph.node[:]
     graph.node.extend(head + body)
     used_inputs = {i for node in graph.node for i in node.input}
