@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drpaiq")
 
-T = TypeVar("T")
-
 #: Models whose weights take at least this many bytes go to ONNX Runtime as a file with
 #: external data (a protobuf message cannot be serialized into one buffer beyond 2 GB;
 #: the threshold leaves 100 MB for the rest of the graph).
@@ -46,16 +42,10 @@ SESSION_FROM_FILE_BYTES = EXTERNAL_DATA_THRESHOLD
 #: ONNX element type FLOAT.
 _FLOAT = 1
 
-#: Run the next batch in a worker thread while the current one is folded.
-_OVERLAP = True
-
-#: The worker's end-of-data marker.
-_DONE = object()
-
 #: Outputs per stacked run, in bytes: enough to spread the per-call cost of ONNX
 #: Runtime and of folding each tensor over many samples (on the 32x32 sample model,
-#: 8 MB runs calibrated 1.5x faster than single images), small enough that the few runs
-#: alive at once stay a small, fixed amount of memory.
+#: 8 MB runs calibrated 1.4x faster than single images), small enough that the one
+#: run alive at a time stays a small, fixed amount of memory.
 _GROUP_BYTES = 8 * 1024 * 1024
 
 #: At most this many samples per stacked run.
@@ -86,7 +76,8 @@ class CalibrationResult:
 
     :ivar ranges: tensor -> range, in the order the tensors were given.
     :ivar shapes: tensor -> observed shape; a dimension that differed between batches
-        (the batch dimension of a short last batch, a dynamic size) is ``None``.
+        (the batch dimension of a short last batch or of stacked batches, a dynamic
+        size) is ``None``.
     :ivar nonfinite: tensor -> number of NaN/Inf values left out (only tensors that had any).
     :ivar samples: samples seen in one pass over the data.
     """
@@ -210,9 +201,6 @@ class ActivationRunner:
         options.log_severity_level = 4
         # Same values for the same data, whatever the thread scheduling.
         options.use_deterministic_compute = True
-        # Idle pool threads must not spin: between runs this process folds statistics
-        # on the same cores (measured: spinning made calibration 1.8x slower).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         existing = len(model.graph.output)
         known = {o.name for o in model.graph.output}
         types = _element_types(model)
@@ -328,7 +316,7 @@ class ActivationRunner:
         label = desc or f"calibrate pass {pass_index + 1}/{calibrator.PASSES}"
         seen = 0
         with Counter(total=total, desc=label, unit="img", quiet=quiet) as counter:
-            for run in self._overlapped(reader):
+            for run in self._runs(_batches(reader)):
                 self._fold(run, calibrator, stats, pass_index)
                 seen += run.samples
                 counter.advance(run.samples)
@@ -347,35 +335,15 @@ class ActivationRunner:
             )
         return stats
 
-    def _overlapped(self, reader: Reader) -> Iterator[_Run]:
-        """:meth:`_runs` as a three-stage pipeline: one thread reads and decodes the
-        next batches, one runs the session, and the caller folds the outputs.
-
-        ONNX Runtime, image decoding and NumPy's kernels release the GIL, so the stages
-        overlap. Each hand-over holds at most one item, so at most a few batches and
-        runs are alive at once, whatever the number of batches.
-        """
-        if not _OVERLAP:
-            yield from self._runs(_batches(reader))
-            return
-        yield from _in_thread(self._runs(_in_thread(_batches(reader), "read")), "run")
-
     def _runs(self, batches: Iterator[Batch]) -> Iterator[_Run]:
         """The batches run through the session, in order.
 
         Small batches of a model whose batch dimension is dynamic are stacked into one
         run of about :data:`_GROUP_BYTES` of outputs: one session call and one fold per
         group instead of per image (a large share of the time for small models). The
-        first batch runs alone and sets the group size from its output size.
+        first batch runs alone and sets the group size from its output size. Only the
+        current group is alive at any time, whatever the number of batches.
         """
-        try:
-            yield from self._grouped_runs(batches)
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-
-    def _grouped_runs(self, batches: Iterator[Batch]) -> Iterator[_Run]:
         group: list[tuple[int, Batch]] = []
         count = 0
         for number, batch in enumerate(batches):
@@ -636,54 +604,6 @@ def _reader_length(reader: Reader) -> int | None:
 def _batches(reader: Reader) -> Iterator[Batch]:
     for batch in reader.batches():
         yield batch if isinstance(batch, Batch) else Batch(feeds=dict(batch))
-
-
-def _in_thread(items: Iterator[T], name: str) -> Iterator[T]:
-    """Yield ``items`` while a worker thread computes the next one.
-
-    An exception in the worker is raised in the caller's thread at the point where its
-    item would have come. When the caller stops early (an error, an interrupt), the
-    worker is told to stop and is waited for.
-    """
-    handed: queue.Queue[Any] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def hand_over(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                handed.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not hand_over(item):
-                    return
-            hand_over(_DONE)
-        except BaseException as exc:  # raised again in the caller's thread
-            hand_over(exc)
-        finally:
-            # Stop the stages upstream of this one too (they may be threads).
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=work, name=f"drpaiq-calibrate-{name}", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = handed.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _stackable(a: Batch, b: Batch) -> bool:
