@@ -15,6 +15,8 @@ sample; drpaiq INT8 inference time <= 1.1x ONNX Runtime's INT8 model.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import sys
@@ -154,16 +156,18 @@ def quantize_ort(sample: Sample, method: str, out: Path, workdir: Path) -> float
     onnx.save(model, str(source))
     pre = workdir / f"{sample.name}_ort_pre.onnx"
     quant_pre_process(str(source), str(pre))
-    quantize_static(
-        str(pre),
-        str(out),
-        Feeds(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, method),
-    )
+    # quantize_static prints its progress on stdout; keep the table readable.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(pre),
+            str(out),
+            Feeds(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+        )
     return time.perf_counter() - start
 
 
