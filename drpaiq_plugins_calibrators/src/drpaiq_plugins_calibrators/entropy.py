@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from drpaiq_core.plugin_api import Calibrator, TensorRange
+from drpaiq_core.plugin_api import TensorRange
 
 from drpaiq_plugins_calibrators import debug_plots, histogram
 from drpaiq_plugins_calibrators._options import float_option, int_option, path_option
@@ -138,7 +138,7 @@ def kl_divergence_curve(counts: np.ndarray, num_quantized_bins: int) -> np.ndarr
     return curve
 
 
-class EntropyCalibrator(Calibrator):
+class EntropyCalibrator(histogram.HistogramCalibrator):
     """Range from the KL-divergence threshold search (TensorRT-style entropy calibration).
 
     Options: ``num_bins`` (default 2048, histogram bins per sign), ``num_quantized_bins``
@@ -176,23 +176,6 @@ class EntropyCalibrator(Calibrator):
         self.max_clip = float_option(
             self.options, "entropy_max_clip", DEFAULT_MAX_CLIP, above=0.0, at_most=1.0
         )
-
-    def new_state(self) -> histogram.HistogramState:
-        """An empty histogram with ``num_bins`` bins per side."""
-        return histogram.HistogramState(capacity=self.num_bins)
-
-    def collect(
-        self, state: histogram.HistogramState, values: np.ndarray, pass_index: int
-    ) -> histogram.HistogramState:
-        """Fold a batch of finite values into the histogram."""
-        histogram.add_values(state, values)
-        return state
-
-    def merge(
-        self, a: histogram.HistogramState, b: histogram.HistogramState
-    ) -> histogram.HistogramState:
-        """Exact merge (see :mod:`drpaiq_plugins_calibrators.histogram`)."""
-        return histogram.merge(a, b)
 
     def compute(self, state: histogram.HistogramState) -> TensorRange:
         """Search the threshold of least KL divergence on each side that has values;

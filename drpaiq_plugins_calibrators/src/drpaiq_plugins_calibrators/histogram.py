@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from drpaiq_core.plugin_api import Calibrator
 
 #: The smallest bin width is 2**MIN_EXPONENT; a tensor of zeros keeps it. float32 can
 #: scale by 2**-MIN_EXPONENT without overflow.
@@ -190,3 +191,24 @@ def signed_bins(state: HistogramState) -> tuple[np.ndarray, np.ndarray, np.ndarr
     lower = np.where(j > 0, j, j - 1) * w
     upper = np.where(j < 0, j, j + 1) * w
     return state.counts[first : last + 1], lower, upper
+
+
+class HistogramCalibrator(Calibrator):
+    """Shared state handling of the histogram calibrators: one :class:`HistogramState`
+    per tensor with ``num_bins`` bins per side (set by the subclass), folded and merged
+    exactly. Subclasses implement :meth:`compute`."""
+
+    num_bins: int
+
+    def new_state(self) -> HistogramState:
+        """An empty histogram with ``num_bins`` bins per side."""
+        return HistogramState(capacity=self.num_bins)
+
+    def collect(self, state: HistogramState, values: np.ndarray, pass_index: int) -> HistogramState:
+        """Fold a batch of finite values into the histogram."""
+        add_values(state, values)
+        return state
+
+    def merge(self, a: HistogramState, b: HistogramState) -> HistogramState:
+        """Exact merge (see :mod:`drpaiq_plugins_calibrators.histogram`)."""
+        return merge(a, b)

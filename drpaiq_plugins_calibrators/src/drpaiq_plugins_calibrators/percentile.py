@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from drpaiq_core.plugin_api import Calibrator, TensorRange
+from drpaiq_core.plugin_api import TensorRange
 
 from drpaiq_plugins_calibrators import debug_plots, histogram
 from drpaiq_plugins_calibrators._options import float_option, int_option
@@ -27,7 +27,7 @@ DEFAULT_NUM_BINS = 2048
 MAX_BINS = 1 << 16
 
 
-class PercentileCalibrator(Calibrator):
+class PercentileCalibrator(histogram.HistogramCalibrator):
     """Range = the ``percentile_value`` cut of each tail (options: ``percentile_value``,
     ``num_bins``)."""
 
@@ -44,23 +44,6 @@ class PercentileCalibrator(Calibrator):
         self.num_bins = int_option(
             self.options, "num_bins", DEFAULT_NUM_BINS, low=16, high=MAX_BINS
         )
-
-    def new_state(self) -> histogram.HistogramState:
-        """An empty histogram with ``num_bins`` bins per side."""
-        return histogram.HistogramState(capacity=self.num_bins)
-
-    def collect(
-        self, state: histogram.HistogramState, values: np.ndarray, pass_index: int
-    ) -> histogram.HistogramState:
-        """Fold a batch of finite values into the histogram."""
-        histogram.add_values(state, values)
-        return state
-
-    def merge(
-        self, a: histogram.HistogramState, b: histogram.HistogramState
-    ) -> histogram.HistogramState:
-        """Exact merge (see :mod:`drpaiq_plugins_calibrators.histogram`)."""
-        return histogram.merge(a, b)
 
     def compute(self, state: histogram.HistogramState) -> TensorRange:
         """The two tail cuts; the details keep the signed histogram for :meth:`report`."""
