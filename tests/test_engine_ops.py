@@ -54,6 +54,19 @@ def conv_transpose() -> tuple:
     return nodes, {"x": ["N", 3, 4, 4]}, ["y"], {"W": _w(3, 5, 2, 2), "B": _w(5)}
 
 
+def batch_norm() -> tuple:
+    nodes = [
+        helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="batch_norm")
+    ]
+    inits = {
+        "g": _w(3, tag=1),
+        "b": _w(3, tag=2),
+        "m": _w(3, tag=3),
+        "v": np.abs(_w(3, tag=4)) + 0.5,
+    }
+    return nodes, {"x": ["N", 3, 4, 4]}, ["y"], inits
+
+
 def gemm() -> tuple:
     nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="gemm", transB=1)]
     return nodes, {"x": ["N", 8]}, ["y"], {"W": _w(5, 8), "B": _w(5)}
@@ -129,6 +142,7 @@ CASES = [
     conv_relu,
     conv_clip,
     conv_transpose,
+    batch_norm,
     gemm,
     matmul_bias_add,
     binary("Add"),

@@ -153,7 +153,7 @@ def test_biases_are_int32_with_input_times_weight_scale(quantized) -> None:
             bias_dq = graph.producer[node.input[1]]
             weight_dq = graph.producer[matmul.input[1]]
             act_scale = graph.input_params(matmul, 0)[0]
-        elif node.op_type in ("Conv", "Gemm") and len(node.input) > 2:
+        elif node.op_type in ("Conv", "Gemm", "BatchNormalization") and len(node.input) > 2:
             bias_dq = graph.producer[node.input[2]]
             weight_dq = graph.producer[node.input[1]]
             act_scale = graph.input_params(node, 0)[0]

@@ -184,11 +184,13 @@ class ElementwiseQuantizer(OpQuantizer):
 
 
 class NormalizationQuantizer(OpQuantizer):
-    """A BatchNormalization that no Conv absorbed (pre-activation ResNets): its data
-    input and output are quantized; its per-channel parameters stay float."""
+    """A BatchNormalization that no Conv absorbed (pre-activation ResNets): quantized
+    data in and out, its scale an int8 per-channel weight and its bias int32 (input
+    scale x scale's scale), as an INT8-only accelerator runs it; mean and variance stay
+    float constants."""
 
     PLUGIN_NAME = "batch_norm"
-    DESCRIPTION = "BatchNormalization not folded into a Conv: quantized data in and out"
+    DESCRIPTION = "BatchNormalization not folded into a Conv: int8 scale, int32 bias"
     OP_TYPES = ("BatchNormalization",)
 
     def quantize_node(
@@ -196,7 +198,13 @@ class NormalizationQuantizer(OpQuantizer):
     ) -> NodeQuantSpec | None:
         if len(node.output) != 1:
             return None  # training-mode BatchNormalization
-        return NodeQuantSpec(activations=(0,), outputs=(0,))
+        axis = 0 if options.per_channel else None
+        return NodeQuantSpec(
+            activations=(0,),
+            weights={1: axis},
+            bias=BiasSpec(bias=2, activation=0, weight=1),
+            outputs=(0,),
+        )
 
 
 class ClippingActivationQuantizer(OpQuantizer):
