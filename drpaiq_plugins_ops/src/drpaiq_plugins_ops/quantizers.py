@@ -37,9 +37,14 @@ class ConvQuantizer(OpQuantizer):
     def quantize_node(
         self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
     ) -> NodeQuantSpec | None:
-        axis = 0 if options.per_channel else None
-        bias = BiasSpec(bias=2, activation=0, weight=1) if len(node.input) > 2 else None
-        return NodeQuantSpec(activations=(0,), weights={1: axis}, bias=bias, outputs=(0,))
+        return _convolution(node, 0 if options.per_channel else None)
+
+
+def _convolution(node: onnx.NodeProto, axis: int | None) -> NodeQuantSpec:
+    """Input 0 an activation, input 1 the weight (per channel along ``axis``), input 2
+    (if any) the int32 bias, output 0 quantized."""
+    bias = BiasSpec(bias=2, activation=0, weight=1) if len(node.input) > 2 else None
+    return NodeQuantSpec(activations=(0,), weights={1: axis}, bias=bias, outputs=(0,))
 
 
 class ConvTransposeQuantizer(OpQuantizer):
@@ -54,9 +59,7 @@ class ConvTransposeQuantizer(OpQuantizer):
     ) -> NodeQuantSpec | None:
         group = graph.attribute(node, "group", 1)
         # With groups the output channels are not one axis of the weight: per tensor.
-        axis = 1 if options.per_channel and group == 1 else None
-        bias = BiasSpec(bias=2, activation=0, weight=1) if len(node.input) > 2 else None
-        return NodeQuantSpec(activations=(0,), weights={1: axis}, bias=bias, outputs=(0,))
+        return _convolution(node, 1 if options.per_channel and group == 1 else None)
 
 
 class GemmQuantizer(OpQuantizer):
