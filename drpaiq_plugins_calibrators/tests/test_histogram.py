@@ -67,6 +67,25 @@ def test_side_and_signed_bins() -> None:
     np.testing.assert_array_equal(upper, [-2, -1, 1, 2, 3, 4])
 
 
+def test_one_sided_and_signed_batches_bin_alike() -> None:
+    """A non-negative batch takes the shortcut into the positive half; mixing it with
+    signed batches must give the counts of binning everything at once."""
+    rng = np.random.default_rng(3)
+    relu = np.maximum(rng.standard_normal(1000), 0).astype(np.float32)
+    signed = rng.standard_normal(1000).astype(np.float32)
+    state = folded([relu, signed, relu[:10]], 32)
+    exponent, counts = direct_counts(np.concatenate([relu, signed, relu[:10]]), 32)
+    assert state.exponent == exponent
+    np.testing.assert_array_equal(state.counts, counts)
+
+
+def test_exact_zeros_of_both_signs_are_counted() -> None:
+    values = np.array([0.0, -0.0, 1e-30, -1e-30, 2.0, 0.0], dtype=np.float32)
+    state = folded([values, values[:2].reshape(1, 2)], 8)
+    assert state.zeros == 5
+    assert state.count == 8
+
+
 def test_merge_of_different_capacities_is_refused() -> None:
     with pytest.raises(ValueError, match="same num_bins"):
         histogram.merge(histogram.HistogramState(4), histogram.HistogramState(8))

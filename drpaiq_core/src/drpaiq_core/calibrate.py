@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from drpaiq_core.background import OrderedWorker, Prefetch
 from drpaiq_core.errors import UserError
 from drpaiq_core.plugin_api import Batch, Calibrator, Reader, TensorRange
 from drpaiq_core.progress import Counter, progress
@@ -50,6 +51,12 @@ _GROUP_BYTES = 8 * 1024 * 1024
 
 #: At most this many samples per stacked run.
 _GROUP_SAMPLES = 16
+
+#: Batches the reader may decode ahead of inference.
+_PREFETCH_BATCHES = 8
+
+#: Runs whose outputs may wait to be folded (each at most about :data:`_GROUP_BYTES`).
+_PENDING_RUNS = 2
 
 
 @dataclass
@@ -201,6 +208,9 @@ class ActivationRunner:
         options.log_severity_level = 4
         # Same values for the same data, whatever the thread scheduling.
         options.use_deterministic_compute = True
+        # Idle ONNX Runtime threads sleep instead of spinning: the reader and the folds
+        # run beside the session and need those cycles.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         existing = len(model.graph.output)
         known = {o.name for o in model.graph.output}
         types = _element_types(model)
@@ -315,9 +325,19 @@ class ActivationRunner:
         total = _reader_length(reader)
         label = desc or f"calibrate pass {pass_index + 1}/{calibrator.PASSES}"
         seen = 0
-        with Counter(total=total, desc=label, unit="img", quiet=quiet) as counter:
-            for run in self._runs(_batches(reader)):
-                self._fold(run, calibrator, stats, pass_index)
+
+        def fold(run: _Run) -> None:
+            self._fold(run, calibrator, stats, pass_index)
+
+        # Decoding, inference and folding overlap: the reader runs ahead in one thread,
+        # the folds follow in order in another (same results as one after the other).
+        with (
+            Counter(total=total, desc=label, unit="img", quiet=quiet) as counter,
+            Prefetch(_batches(reader), depth=_PREFETCH_BATCHES) as batches,
+            OrderedWorker(fold, depth=_PENDING_RUNS) as folder,
+        ):
+            for run in self._runs(iter(batches)):
+                folder.submit(run)
                 seen += run.samples
                 counter.advance(run.samples)
         if seen == 0:

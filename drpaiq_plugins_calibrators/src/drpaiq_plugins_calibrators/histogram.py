@@ -126,7 +126,9 @@ def add_values(state: HistogramState, values: np.ndarray) -> None:
     lo = float(np.minimum.reduce(flat))
     hi = float(np.maximum.reduce(flat))
     state.count += int(flat.size)
-    state.zeros += int(flat.size - np.count_nonzero(flat))
+    # Counting the 32-bit patterns with the sign bit shifted out finds +0.0 and -0.0
+    # alike, and is several times faster than counting float non-zeros.
+    state.zeros += int(flat.size - np.count_nonzero(np.left_shift(flat.view(np.int32), 1)))
     state.vmin = min(state.vmin, lo)
     state.vmax = max(state.vmax, hi)
     needed = required_exponent(max(-lo, hi), state.capacity)
@@ -138,8 +140,14 @@ def add_values(state: HistogramState, values: np.ndarray) -> None:
     # bincount a conversion (measured several times faster than int32 on large tensors).
     scale = np.float32(math.ldexp(1.0, -state.exponent))
     index = (flat * scale).astype(np.intp)
-    index += state.capacity - 1
-    state.counts += np.bincount(index, minlength=state.counts.size)
+    offset = state.capacity - 1
+    if lo >= 0.0:
+        # One-sided data (after ReLU, most tensors): every index is in [0, capacity),
+        # so the counts go straight to the positive half without shifting the indices.
+        state.counts[offset:] += np.bincount(index, minlength=state.capacity)
+    else:
+        index += offset
+        state.counts += np.bincount(index, minlength=state.counts.size)
 
 
 def merge(a: HistogramState, b: HistogramState) -> HistogramState:
