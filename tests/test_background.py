@@ -86,10 +86,12 @@ def test_worker_error_is_raised_in_the_submitting_thread() -> None:
         if item == 5:
             raise RuntimeError("fold failed at 5")
 
-    with pytest.raises(RuntimeError, match="fold failed at 5"):
-        with OrderedWorker(handle, depth=1) as worker:
-            for i in range(1000):
-                worker.submit(i)
+    with (
+        pytest.raises(RuntimeError, match="fold failed at 5"),
+        OrderedWorker(handle, depth=1) as worker,
+    ):
+        for i in range(1000):
+            worker.submit(i)
 
 
 def test_worker_error_on_the_last_item_is_raised_on_exit() -> None:
