@@ -163,6 +163,30 @@ def test_vectorized_kl_curve_equals_the_loop(levels: int) -> None:
     )
 
 
+def test_kl_curve_from_a_later_candidate_is_the_tail_of_the_whole_curve() -> None:
+    """The search computes only the admissible thresholds; their values must not depend
+    on where the computation starts."""
+    rng = np.random.default_rng(4)
+    counts = np.bincount((np.abs(rng.standard_t(2, 50_000)) * 40).astype(int) % 3000)
+    whole = kl_divergence_curve(counts, 128)
+    for first in (128, 129, 1000, counts.size - 1, counts.size):
+        np.testing.assert_array_equal(kl_divergence_curve(counts, 128, first), whole[first - 128 :])
+
+
+def test_entropy_search_picks_the_least_divergence_among_admissible_thresholds() -> None:
+    rng = np.random.default_rng(5)
+    values = heavy_tailed(rng, 200_000)
+    calibrator = EntropyCalibrator()
+    state = calibrator.new_state()
+    calibrator.collect(state, values, 0)
+    found = calibrator.compute(state)
+    counts = found.details["searched_high"]
+    whole = kl_divergence_curve(counts, 128)
+    clipped = counts.sum() - np.cumsum(counts)[127:]
+    admissible = np.where(clipped <= calibrator.max_clip * counts.sum(), whole, np.inf)
+    assert found.details["threshold_high"] == (128 + int(np.argmin(admissible))) * state.width
+
+
 def test_entropy_clips_heavy_tails_well_inside_the_maximum() -> None:
     rng = np.random.default_rng(0)
     values = heavy_tailed(rng, 400_000)

@@ -79,13 +79,17 @@ SMOOTHING = 1e-4
 _BLOCK_ELEMENTS = 1 << 15
 
 
-def kl_divergence_curve(counts: np.ndarray, num_quantized_bins: int) -> np.ndarray:
-    """``KL(P_i || Q_i)`` for every candidate ``i`` in ``num_quantized_bins .. len(counts)``.
+def kl_divergence_curve(
+    counts: np.ndarray, num_quantized_bins: int, first: int | None = None
+) -> np.ndarray:
+    """``KL(P_i || Q_i)`` for every candidate ``i`` in ``first .. len(counts)``.
 
     :param counts: a histogram of ``|x|`` (bin ``m`` covers ``[m*w, (m+1)*w)``) with at
         least ``num_quantized_bins`` bins and some non-zero count.
     :param num_quantized_bins: the number of quantization levels over ``[0, t]``.
-    :returns: float64 array, element ``k`` for candidate ``i = num_quantized_bins + k``
+    :param first: the first candidate (default and minimum ``num_quantized_bins``); the
+        values do not depend on it.
+    :returns: float64 array, element ``k`` for candidate ``i = first + k``
         (threshold ``i * w``); ``inf`` for a threshold below every value.
     """
     h = np.asarray(counts, dtype=np.float64)
@@ -108,9 +112,10 @@ def kl_divergence_curve(counts: np.ndarray, num_quantized_bins: int) -> np.ndarr
     index_type = np.int32 if n * levels < 2**31 else np.int64
     groups = np.arange(levels + 1, dtype=index_type)
 
-    curve = np.empty(n - levels + 1)
+    first = levels if first is None else min(max(first, levels), n)
+    curve = np.empty(n - first + 1)
     block = max(1, _BLOCK_ELEMENTS // (levels + 1))
-    for start in range(levels, n + 1, block):
+    for start in range(first, n + 1, block):
         kept = np.arange(start, min(n + 1, start + block), dtype=np.int64)
         in_range = cum[kept]
         clipped = total - in_range
@@ -134,7 +139,7 @@ def kl_divergence_curve(counts: np.ndarray, num_quantized_bins: int) -> np.ndarr
         divergence = sum_plogp - cross / total + np.log(normalizer)
         # A threshold below every value clips all of them into one bin, which the
         # smoothing would score as a perfect match: it is no candidate.
-        curve[kept - levels] = np.where(in_range > 0, divergence, np.inf)
+        curve[kept - first] = np.where(in_range > 0, divergence, np.inf)
     return curve
 
 
@@ -201,20 +206,20 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
         )
         rmin, rmax = state.vmin, state.vmax
         if state.vmax > 0:
-            threshold, curve = self._search(state, negative=False)
+            threshold, searched = self._search(state, negative=False)
             rmax = min(state.vmax, threshold)
-            details.update(threshold_high=threshold, kl_high=curve)
+            details.update(threshold_high=threshold, searched_high=searched)
         if state.vmin < 0:
-            threshold, curve = self._search(state, negative=True)
+            threshold, searched = self._search(state, negative=True)
             rmin = max(state.vmin, -threshold)
-            details.update(threshold_low=-threshold, kl_low=curve)
+            details.update(threshold_low=-threshold, searched_low=searched)
         return TensorRange(rmin, rmax, details)
 
     def _search(
         self, state: histogram.HistogramState, *, negative: bool
     ) -> tuple[float, np.ndarray | None]:
-        """The threshold of one side (a magnitude) and its KL curve (None when the side
-        is too narrow to clip)."""
+        """The threshold of one side (a magnitude) and the magnitude histogram it was
+        searched on (None when the side is too narrow to clip)."""
         counts = histogram.side_counts(state, negative=negative)
         # Exact zeros (the spike after ReLU, padding) are represented exactly at any
         # threshold; left in, the spike would dominate the divergence and drive the
@@ -226,12 +231,15 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
         if counts.size <= self.num_quantized_bins:
             # Every value fits the quantized levels as it is: nothing to clip.
             return counts.size * state.width, None
-        curve = kl_divergence_curve(counts, self.num_quantized_bins)
-        kept = np.cumsum(counts, dtype=np.float64)[self.num_quantized_bins - 1 :]
+        # Only thresholds that clip at most max_clip of the values are admissible, and
+        # they are the last ones: the divergence is computed for those alone (the
+        # debug report computes the whole curve).
+        kept = np.cumsum(counts, dtype=np.float64)
         total = float(kept[-1])
-        admissible = total - kept <= self.max_clip * total
-        search = np.where(admissible, curve, np.inf)
-        return (self.num_quantized_bins + int(np.argmin(search))) * state.width, curve
+        admissible = total - kept <= self.max_clip * total  # True from some bin on
+        first = max(self.num_quantized_bins, int(np.argmax(admissible)) + 1)
+        curve = kl_divergence_curve(counts, self.num_quantized_bins, first)
+        return (first + int(np.argmin(curve))) * state.width, counts
 
     def report(self, ranges: Mapping[str, TensorRange], debug_dir: Path | None) -> None:
         """With ``debug_dir`` (or the ``entropy_debug`` option): one PNG per tensor
@@ -239,5 +247,12 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
         target = debug_dir or self.debug_dir
         if target is None:
             return
+        for found in ranges.values():
+            for side in ("high", "low"):
+                searched = found.details.pop(f"searched_{side}", None)
+                if searched is not None:
+                    found.details[f"kl_{side}"] = kl_divergence_curve(
+                        searched, self.num_quantized_bins
+                    )
         settings = {"num_bins": self.num_bins, "num_quantized_bins": self.num_quantized_bins}
         debug_plots.write_report(target, "entropy", settings, ranges, plot=debug_plots.plot_entropy)
