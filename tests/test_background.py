@@ -39,6 +39,24 @@ def test_prefetch_reads_at_most_depth_items_ahead() -> None:
         assert len(produced) <= 6
 
 
+def test_prefetch_holds_at_most_max_bytes_ahead_but_always_one_item() -> None:
+    produced: list[int] = []
+
+    def source() -> Iterator[bytes]:
+        for size in (10, 10, 10, 10, 500, 10, 10):
+            produced.append(size)
+            yield b"x" * size
+
+    with Prefetch(source(), depth=100, max_bytes=25, size=len) as items:
+        iterator = iter(items)
+        time.sleep(0.3)
+        # 10 + 10 reach 25 with the third: three held, the fourth waits in the thread.
+        assert len(produced) == 4
+        assert [len(next(iterator)) for _ in range(5)] == [10, 10, 10, 10, 500]
+        # The 500-byte item alone exceeds the budget and still went through.
+        assert [len(item) for item in iterator] == [10, 10]
+
+
 def test_prefetch_raises_the_source_error_in_the_consumer() -> None:
     def source() -> Iterator[int]:
         yield 1

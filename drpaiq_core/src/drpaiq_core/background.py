@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
@@ -25,15 +26,31 @@ _POLL_S = 0.05
 
 
 class Prefetch(Generic[T]):
-    """Iterate ``source`` in a background thread, at most ``depth`` items ahead.
+    """Iterate ``source`` in a background thread, at most ``depth`` items and (when
+    ``size`` is given) ``max_bytes`` ahead; one item is always allowed, whatever its size.
 
     Use as a context manager; leaving it early (an error, Ctrl-C) stops the thread and
     closes ``source`` if it is a generator.
+
+    :param size: the bytes an item holds (for the ``max_bytes`` bound).
     """
 
-    def __init__(self, source: Iterable[T], depth: int = 4, name: str = "drpaiq-prefetch") -> None:
-        self._queue: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
+    def __init__(
+        self,
+        source: Iterable[T],
+        depth: int = 4,
+        *,
+        max_bytes: int | None = None,
+        size: Callable[[T], int] | None = None,
+        name: str = "drpaiq-prefetch",
+    ) -> None:
+        self._items: deque[tuple[str, object, int]] = deque()
+        self._held = 0
+        self._depth = max(1, depth)
+        self._max_bytes = max_bytes
+        self._size = size
+        self._changed = threading.Condition()
+        self._stop = False
         self._thread = threading.Thread(
             target=self._fill, args=(iter(source),), name=name, daemon=True
         )
@@ -42,29 +59,44 @@ class Prefetch(Generic[T]):
     def _fill(self, items: Iterator[T]) -> None:
         try:
             for item in items:
-                if not self._put(("item", item)):
+                weight = self._size(item) if self._size is not None else 0
+                if not self._put("item", item, weight):
                     break
             else:
-                self._put(("end", None))
+                self._put("end", None, 0)
         except BaseException as exc:  # handed to the consumer, raised there
-            self._put(("error", exc))
+            self._put("error", exc, 0)
         finally:
             close = getattr(items, "close", None)
             if close is not None:
                 close()
 
-    def _put(self, entry: tuple[str, object]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=_POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _full(self) -> bool:
+        if not self._items:
+            return False
+        if len(self._items) >= self._depth:
+            return True
+        return self._max_bytes is not None and self._held >= self._max_bytes
+
+    def _put(self, kind: str, payload: object, weight: int) -> bool:
+        with self._changed:
+            while self._full() and not self._stop:
+                self._changed.wait()
+            if self._stop:
+                return False
+            self._items.append((kind, payload, weight))
+            self._held += weight
+            self._changed.notify_all()
+            return True
 
     def __iter__(self) -> Iterator[T]:
         while True:
-            kind, payload = self._queue.get()
+            with self._changed:
+                while not self._items:
+                    self._changed.wait()
+                kind, payload, weight = self._items.popleft()
+                self._held -= weight
+                self._changed.notify_all()
             if kind == "end":
                 return
             if kind == "error":
@@ -74,7 +106,10 @@ class Prefetch(Generic[T]):
 
     def close(self) -> None:
         """Stop reading ahead and wait for the thread to end."""
-        self._stop.set()
+        with self._changed:
+            self._stop = True
+            self._items.clear()
+            self._changed.notify_all()
         self._thread.join()
 
     def __enter__(self) -> Prefetch[T]:
