@@ -180,7 +180,7 @@ def top1_and_time(
     return 100.0 * float(np.mean(predictions == labels)), ms
 
 
-def quantize_drpaiq(sample: Sample, method: str, out: Path) -> float:
+def quantize_drpaiq(sample: Sample, method: str, out: Path, bias_correction: bool = False) -> float:
     from drpaiq_core.config import QuantizeConfig
     from drpaiq_core.pipeline import quantize
 
@@ -195,6 +195,7 @@ def quantize_drpaiq(sample: Sample, method: str, out: Path) -> float:
             norm_mean=sample.mean,
             norm_std=sample.std,
             quiet=True,
+            options={"bias_correction": "True"} if bias_correction else {},
         )
     )
     return time.perf_counter() - start
@@ -257,6 +258,11 @@ def main() -> int:
         help="the 10,000-image Fashion-MNIST test split (auto: when installed) or the "
         "2,000 shipped PNGs",
     )
+    parser.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="quantize with drpaiq's advanced option bias_correction True",
+    )
     args = parser.parse_args()
     logging.getLogger("drpaiq").setLevel(logging.WARNING)
     logging.getLogger().setLevel(logging.ERROR)
@@ -286,7 +292,7 @@ def main() -> int:
             for method in args.methods.split(","):
                 ours = workdir / f"{sample.name}_{method}_drpaiq.onnx"
                 theirs = workdir / f"{sample.name}_{method}_ort.onnx"
-                t_ours = quantize_drpaiq(sample, method, ours)
+                t_ours = quantize_drpaiq(sample, method, ours, args.bias_correction)
                 t_theirs = quantize_ort(sample, method, theirs, workdir)
                 pred_ours, ms_ours = predictions_and_time(ours, feeds)
                 pred_theirs, ms_theirs = predictions_and_time(theirs, feeds)
@@ -316,6 +322,7 @@ def main() -> int:
     print(
         f"test images per model: {len(labels)} from {source}; calibration images: "
         "samples/data/calibrate; flips: test images whose INT8 top-1 differs from FP32's"
+        + ("; drpaiq with bias_correction True" if args.bias_correction else "")
     )
     print("\n".join(rows))
     return 0

@@ -105,6 +105,12 @@ ADVANCED_OPTIONS: tuple[AdvancedOption, ...] = (
         "folder for calibration debug output (histograms, KL curves, thresholds)",
         field="debug_dir",
     ),
+    AdvancedOption(
+        "bias_correction",
+        "bool",
+        "move each int32 bias so the INT8 layer keeps the FP32 per-channel output mean on "
+        "the calibration data (default False; about one extra pass per layer depth)",
+    ),
 )
 
 

@@ -1,6 +1,7 @@
 """One quantization run, end to end:
 
-load -> preprocess -> prepare -> select -> calibrate -> plan -> emit -> verify -> write.
+load -> preprocess -> prepare -> select -> calibrate -> plan -> [bias correction] -> emit
+-> verify -> write.
 
 Each step is its own module; this one only wires them together.
 """
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from drpaiq_core.config import QuantizeConfig
 from drpaiq_core.errors import UserError
+from drpaiq_core.options import option_bool
 from drpaiq_core.plugin_api import ExclusionRules, QuantOptions
 from drpaiq_core.plugins import PluginHost, get_plugin_host
 from drpaiq_core.summary import Summary
@@ -75,6 +77,8 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     if config.summary_json is not None:
         check_output_path(Path(config.summary_json), (input_path, output_path))
     options = quant_options(config)
+    # Read now: a bad value fails before any work rather than after calibration.
+    bias_correction = option_bool(config.options, "bias_correction", False)
     rules = exclusion_rules(config)
     calibrator_cls = host.calibrators.get(config.calibrate_method)
     calibrator_options: dict[str, object] = dict(config.options)
@@ -112,6 +116,11 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         )
         graph = ModelGraph(model, observed_shapes=result.shapes)
         plan = build_plan(selection, graph, result.ranges, options)
+        correction = None
+        if bias_correction:
+            from drpaiq_core.bias_correction import correct_biases
+
+            correction = correct_biases(model, plan, reader, quiet=config.quiet, workdir=workdir)
         quantized = emit(model, plan)
         verify(quantized)
         write_model(quantized, output_path)
@@ -135,6 +144,8 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         summary.notes.append(
             f"opset raised from {summary.opset[0]} to {summary.opset[1]} for per-channel weights"
         )
+    if correction is not None:
+        summary.notes.append(correction.note())
     if config.summary_json is not None:
         write_text(Path(config.summary_json), summary.to_json())
     return summary
