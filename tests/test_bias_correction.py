@@ -220,16 +220,24 @@ def test_an_image_folder_on_the_sample_is_deterministic_and_valid(tmp_path):
     assert int8.shape == fp32.shape and np.all(np.isfinite(int8))
 
 
+def quantize_on_the_command_line(folder: Path, images_count: int, *extra: str):
+    """``drpaiq quantize m.onnx -o q.onnx`` on a small classifier and ``images_count``
+    images, run from ``folder``, with ``extra`` words appended."""
+    classifier(folder / "m.onnx")
+    images(folder / "cal", images_count)
+    return CliRunner().invoke(
+        build_cli(),
+        ["quantize", "m.onnx", "-o", "q.onnx", "--calibrate_dataset", "cal", *extra],
+        catch_exceptions=False,
+    )
+
+
 def test_the_cli_takes_the_option_and_reports_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    classifier(tmp_path / "m.onnx")
-    images(tmp_path / "cal", 4)
-    result = CliRunner().invoke(
-        build_cli(),
-        ["quantize", "m.onnx", "-o", "q.onnx", "--calibrate_dataset", "cal",
-         "--norm_mean", "0.5", "0.5", "0.5", "--norm_std", "0.25", "0.25", "0.25",
-         "--summary-json", "s.json", "bias_correction", "on"],
-        catch_exceptions=False,
+    result = quantize_on_the_command_line(
+        tmp_path, 4,
+        "--norm_mean", "0.5", "0.5", "0.5", "--norm_std", "0.25", "0.25", "0.25",
+        "--summary-json", "s.json", "bias_correction", "on",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     notes = json.loads((tmp_path / "s.json").read_text())["notes"]
@@ -252,14 +260,7 @@ def test_nan_outputs_leave_the_bias_as_planned(tmp_path):
 
 def test_a_bad_value_on_the_command_line_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    classifier(tmp_path / "m.onnx")
-    images(tmp_path / "cal", 2)
-    result = CliRunner().invoke(
-        build_cli(),
-        ["quantize", "m.onnx", "-o", "q.onnx", "--calibrate_dataset", "cal",
-         "bias_correction", "maybe"],
-        catch_exceptions=False,
-    )  # fmt: skip
+    result = quantize_on_the_command_line(tmp_path, 2, "bias_correction", "maybe")
     assert result.exit_code == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
