@@ -129,7 +129,11 @@ class Reader(abc.ABC):
     @abc.abstractmethod
     def batches(self) -> Iterator[Batch]:
         """Yield the data once, in a deterministic order. May be called again for a
-        second pass and must then yield the same data."""
+        second pass and must then yield the same data.
+
+        Calibration iterates it in a background thread (one iteration at a time, never
+        two at once), so that images are decoded while ONNX Runtime runs: do not rely
+        on running in the main thread (installing signal handlers, for example)."""
 
 
 # ---------------------------------------------------------------------------
@@ -185,6 +189,9 @@ class Calibrator(abc.ABC):
     @abc.abstractmethod
     def collect(self, state: Any, values: np.ndarray, pass_index: int) -> Any:
         """Fold one batch of finite float32 ``values`` (any shape) into ``state``.
+
+        Called from a background thread, one call at a time and in the order of the
+        batches, while the next batches are read and run.
 
         :returns: the updated state (may be ``state`` itself, mutated).
         """
