@@ -162,7 +162,12 @@ class _ChannelMeans(Calibrator):
         return _MeanState(a.axis, a.sums + b.sums, a.count + b.count)
 
     def compute(self, state: _MeanState) -> TensorRange:
-        raise NotImplementedError("per-channel means are read from the state, not a range")
+        """The smallest and largest channel mean; ``details["means"]`` holds them all
+        (absent when the state is broken or empty)."""
+        if state.broken or state.sums is None or state.count == 0:
+            return TensorRange(0.0, 0.0, {"empty": True})
+        means = state.sums / state.count
+        return TensorRange(float(means.min()), float(means.max()), {"means": means})
 
 
 def correct_biases(
@@ -330,9 +335,9 @@ def _means(
     means: dict[str, np.ndarray] = {}
     bad: set[str] = set()
     for name in tensors:
-        state: _MeanState = stats.states[name]
+        found = meter.compute(stats.states[name])
         if stats.nonfinite.get(name, 0):
             bad.add(name)
-        elif not state.broken and state.sums is not None and state.count > 0:
-            means[name] = state.sums / state.count
+        elif "means" in found.details:
+            means[name] = found.details["means"]
     return means, bad, stats.samples
