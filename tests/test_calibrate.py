@@ -457,6 +457,62 @@ def test_large_models_run_from_a_file_with_external_data(
     assert len(model.graph.initializer[0].raw_data) == W1.nbytes  # weights untouched
 
 
+def test_weights_of_every_kind_reach_the_session_unchanged() -> None:
+    """Large initializers go to ONNX Runtime as arrays, small ones and types NumPy does
+    not hold (bfloat16) inside the model: the outputs equal a plain session's."""
+    import onnxruntime
+
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((300, 8)).astype(np.float32)  # 9.6 KB: as an array
+    half = rng.standard_normal((8, 8)).astype(np.float16)  # 128 B: stays in the model
+    big_half = rng.standard_normal((64, 8)).astype(np.float16)  # 1 KB: as an array
+    rows = rng.integers(0, 300, size=200).astype(np.int64)  # 1.6 KB of int64
+    scale = helper.make_tensor(  # 1 KB of bfloat16 ones: stays in the model
+        "scale", onnx.TensorProto.BFLOAT16, [512], np.full(512, 0x3F80, "<u2").tobytes(), raw=True
+    )
+    nodes = [
+        helper.make_node("Gather", ["table", "rows"], ["picked"]),  # [200, 8]
+        helper.make_node("Cast", ["half"], ["half32"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Cast", ["big_half"], ["big32"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Cast", ["scale"], ["scale32"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("MatMul", ["x", "half32"], ["y0"]),  # [N, 8]
+        helper.make_node("ReduceMean", ["picked"], ["sum"], axes=[0], keepdims=1),
+        helper.make_node("ReduceMean", ["big32"], ["sum2"], axes=[0], keepdims=1),
+        helper.make_node("Add", ["y0", "sum"], ["y1"]),
+        helper.make_node("Add", ["y1", "sum2"], ["y2"]),
+        helper.make_node("ReduceMean", ["scale32"], ["one"], axes=[0], keepdims=1),
+        helper.make_node("Mul", ["y2", "one"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "kinds",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(half, "half"),
+            numpy_helper.from_array(big_half, "big_half"),
+            numpy_helper.from_array(rows, "rows"),
+            scale,
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    plain = onnx.ModelProto()
+    plain.CopyFrom(model)
+    plain.graph.output.add().name = "y1"
+    expected = onnxruntime.InferenceSession(
+        plain.SerializeToString(), providers=["CPUExecutionProvider"]
+    ).run(["y1", "y"], {"x": x})
+    before = model.SerializeToString()
+    with ActivationRunner(model, ["y1", "y"]) as runner:
+        got = runner.session.run(["y1", "y"], {"x": x})
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert model.SerializeToString() == before  # the caller's model is untouched
+
+
 def test_debug_dir_reaches_the_calibrator(tmp_path: Path) -> None:
     calibrate(
         conv_relu_add_model(),
