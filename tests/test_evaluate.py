@@ -44,7 +44,17 @@ def test_side_by_side_with_deltas(work):
     assert (right["top1"], right["top5"]) == (100.0, 100.0)
     assert (wrong["top1"], wrong["top5"]) == (0.0, 100.0)  # 3 classes: top-5 holds them all
     assert wrong["delta_top1"] == -100.0 and wrong["delta_top5"] == 0.0
-    assert "delta_top1" not in right
+    assert wrong["top1_flips"] == 12  # every image gets another class than right.onnx's
+    assert "delta_top1" not in right and "top1_flips" not in right
+
+
+def test_flips_count_the_images_where_two_models_disagree(work):
+    # The same model twice agrees everywhere, whatever the accuracy.
+    result = run("-q", "evaluate", "wrong.onnx", "wrong.onnx", "right.onnx", "-d", "ds", "--json")
+    assert result.exit_code == 0, result.stderr
+    first, same, right = json.loads(result.stdout)["models"]
+    assert "top1_flips" not in first
+    assert same["top1_flips"] == 0 and right["top1_flips"] == 12
 
 
 def test_table_text(work):
@@ -53,8 +63,9 @@ def test_table_text(work):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("12 images, 3 classes in ds (reader nchw_image)")
     assert lines[1].split()[:3] == ["model", "top-1", "top-5"]
+    assert lines[1].split()[-1] == "flips"
     assert lines[2].split() == ["right.onnx", "100.00%", "100.00%"]
-    assert lines[3].split() == ["wrong.onnx", "0.00%", "100.00%", "-100.00", "+0.00"]
+    assert lines[3].split() == ["wrong.onnx", "0.00%", "100.00%", "-100.00", "+0.00", "12"]
 
 
 def test_nhwc_flag_and_normalization(work):

@@ -38,12 +38,24 @@ class ModelScore:
     :ivar top1: images whose best class is the label.
     :ivar top5: images whose label is among the 5 best classes.
     :ivar total: images seen.
+    :ivar predictions: the best class of every image, in the reader's order (one small
+        integer per image, for comparing models image by image).
     """
 
     model: Path
     top1: int = 0
     top5: int = 0
     total: int = 0
+    predictions: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def flips(self, base: ModelScore) -> int | None:
+        """Images whose best class differs from ``base``'s (how closely this model, an
+        INT8 version say, follows the FP32 one); None if they saw different images."""
+        if self.total != base.total:
+            return None
+        mine = np.concatenate(self.predictions) if self.predictions else np.zeros(0)
+        theirs = np.concatenate(base.predictions) if base.predictions else np.zeros(0)
+        return int(np.count_nonzero(mine != theirs))
 
     def percent(self, correct: int) -> float:
         """``correct`` as a percentage of the images seen."""
@@ -87,6 +99,9 @@ class Evaluation:
             if base is not None and score is not base:
                 row["delta_top1"] = round(top1 - base.percent(base.top1), 4)
                 row["delta_top5"] = round(top5 - base.percent(base.top5), 4)
+                flips = score.flips(base)
+                if flips is not None:
+                    row["top1_flips"] = flips
             rows.append(row)
         return {
             "dataset": str(self.dataset),
@@ -97,8 +112,9 @@ class Evaluation:
         }
 
     def to_text(self) -> str:
-        """A table: model, top-1, top-5 and the deltas to the first model (points)."""
-        header = ("model", "top-1", "top-5", "delta top-1", "delta top-5")
+        """A table: model, top-1, top-5, the deltas to the first model (points) and the
+        flips (images whose top-1 class differs from the first model's)."""
+        header = ("model", "top-1", "top-5", "delta top-1", "delta top-5", "flips")
         table = [header]
         for row in self.to_dict()["models"]:
             table.append(
@@ -108,6 +124,7 @@ class Evaluation:
                     f"{row['top5']:.2f}%",
                     f"{row['delta_top1']:+.2f}" if "delta_top1" in row else "",
                     f"{row['delta_top5']:+.2f}" if "delta_top5" in row else "",
+                    str(row["top1_flips"]) if "top1_flips" in row else "",
                 )
             )
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -231,6 +248,7 @@ def _score(
         )
     # A stable sort makes ties resolve to the lower class index on every platform.
     order = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
+    score.predictions.append(order[:, 0].astype(np.int32))
     score.top1 += int(np.sum(order[:, 0] == labels))
     score.top5 += int(np.sum(np.any(order == labels[:, None], axis=1)))
     score.total += int(labels.shape[0])
