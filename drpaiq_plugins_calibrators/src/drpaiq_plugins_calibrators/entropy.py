@@ -185,25 +185,10 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
     def compute(self, state: histogram.HistogramState) -> TensorRange:
         """Search the threshold of least KL divergence on each side that has values;
         the details keep the histogram and the KL curves for :meth:`report`."""
-        details: dict[str, Any] = {
-            "method": "entropy",
-            "count": state.count,
-            "num_bins": self.num_bins,
-            "num_quantized_bins": self.num_quantized_bins,
-        }
-        if state.count == 0:
-            details["empty"] = True
+        details = self.base_details(state, "entropy", num_quantized_bins=self.num_quantized_bins)
+        if details.get("empty"):
             return TensorRange(0.0, 0.0, details)
-        counts, lower, upper = histogram.signed_bins(state)
-        details.update(
-            min=state.vmin,
-            max=state.vmax,
-            zeros=state.zeros,
-            bin_width=state.width,
-            histogram=counts,
-            histogram_lower=lower,
-            histogram_upper=upper,
-        )
+        details["zeros"] = state.zeros
         rmin, rmax = state.vmin, state.vmax
         if state.vmax > 0:
             threshold, searched = self._search(state, negative=False)

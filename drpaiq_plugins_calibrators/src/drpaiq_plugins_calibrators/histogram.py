@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from drpaiq_core.plugin_api import Calibrator
@@ -220,3 +221,29 @@ class HistogramCalibrator(Calibrator):
     def merge(self, a: HistogramState, b: HistogramState) -> HistogramState:
         """Exact merge (see :mod:`drpaiq_plugins_calibrators.histogram`)."""
         return merge(a, b)
+
+    def base_details(self, state: HistogramState, method: str, **settings: Any) -> dict[str, Any]:
+        """The details every histogram calibrator reports for :meth:`report`: the method,
+        the value count, ``num_bins`` and ``settings``, then either ``empty`` (no
+        values) or the extremes, the bin width and the occupied signed bins
+        (``histogram``, ``histogram_lower``, ``histogram_upper``; see
+        :func:`signed_bins`)."""
+        details: dict[str, Any] = {
+            "method": method,
+            "count": state.count,
+            "num_bins": self.num_bins,
+            **settings,
+        }
+        if state.count == 0:
+            details["empty"] = True
+            return details
+        counts, lower, upper = signed_bins(state)
+        details.update(
+            min=state.vmin,
+            max=state.vmax,
+            bin_width=state.width,
+            histogram=counts,
+            histogram_lower=lower,
+            histogram_upper=upper,
+        )
+        return details

@@ -47,16 +47,14 @@ class PercentileCalibrator(histogram.HistogramCalibrator):
 
     def compute(self, state: histogram.HistogramState) -> TensorRange:
         """The two tail cuts; the details keep the signed histogram for :meth:`report`."""
-        details: dict[str, Any] = {
-            "method": "percentile",
-            "count": state.count,
-            "num_bins": self.num_bins,
-            "percentile": self.percentile,
-        }
-        if state.count == 0:
-            details["empty"] = True
+        details = self.base_details(state, "percentile", percentile=self.percentile)
+        if details.get("empty"):
             return TensorRange(0.0, 0.0, details)
-        counts, lower, upper = histogram.signed_bins(state)
+        counts, lower, upper = (
+            details["histogram"],
+            details["histogram_lower"],
+            details["histogram_upper"],
+        )
         cum = np.cumsum(counts)
         tail = (100.0 - self.percentile) / 100.0 * state.count
         # Lowest bin with more than `tail` values at or below it: fewer than `tail`
@@ -67,14 +65,6 @@ class PercentileCalibrator(histogram.HistogramCalibrator):
         high_bin = min(high_bin, counts.size - 1)
         rmin = max(state.vmin, float(lower[low_bin]))
         rmax = min(state.vmax, float(upper[high_bin]))
-        details.update(
-            min=state.vmin,
-            max=state.vmax,
-            bin_width=state.width,
-            histogram=counts,
-            histogram_lower=lower,
-            histogram_upper=upper,
-        )
         return TensorRange(rmin, rmax, details)
 
     def report(self, ranges: Mapping[str, TensorRange], debug_dir: Path | None) -> None:
