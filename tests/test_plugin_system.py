@@ -374,8 +374,19 @@ def test_plugin_that_fails_to_import_costs_one_warning_and_the_others_keep_worki
     assert f"{ENV_BLOCK}=broken" in line
 
 
-def test_a_hook_implementation_with_a_misspelled_argument_costs_one_warning_line(
-    site: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("hook", "named"),
+    [
+        # A misspelled argument.
+        ("drpaiq_register_readers(registr)", ("'typo'", "registr")),
+        # A misspelled hook name: without a check, pluggy accepts an implementation of a
+        # hook that does not exist and the plugin silently registers nothing.
+        ("drpaiq_register_reader(register)", ("drpaiq_register_reader",)),
+    ],
+    ids=["argument", "hook-name"],
+)
+def test_a_misspelled_hook_implementation_costs_one_warning_line(
+    site: Path, monkeypatch: pytest.MonkeyPatch, hook: str, named: tuple[str, ...]
 ) -> None:
     isolate(monkeypatch, only=("alpha", "typo"))
     write_reader_distribution(site, "drpaiq-test-alpha", "alpha", "alpha_frames")
@@ -385,43 +396,11 @@ def test_a_hook_implementation_with_a_misspelled_argument_costs_one_warning_line
         "0.1.0",
         {"typo": "drpaiq_test_typo"},
         {
-            "drpaiq_test_typo.py": """
+            "drpaiq_test_typo.py": f"""
                 from drpaiq_core import hookimpl
 
                 @hookimpl
-                def drpaiq_register_readers(registr):
-                    pass
-            """
-        },
-    )
-    host = get_plugin_host()
-    assert host.readers.names() == ["alpha_frames"]
-    [line] = host.broken
-    assert "\n" not in line
-    assert "'typo'" in line
-    assert "drpaiq-test-typo" in line
-    assert "registr" in line
-    assert f"{ENV_BLOCK}=typo" in line
-
-
-def test_a_hook_implementation_with_a_misspelled_hook_name_costs_one_warning_line(
-    site: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Without a check, pluggy accepts an implementation of a hook that does not exist
-    # and the plugin silently registers nothing.
-    isolate(monkeypatch, only=("alpha", "typo"))
-    write_reader_distribution(site, "drpaiq-test-alpha", "alpha", "alpha_frames")
-    write_distribution(
-        site,
-        "drpaiq-test-typo",
-        "0.1.0",
-        {"typo": "drpaiq_test_typo"},
-        {
-            "drpaiq_test_typo.py": """
-                from drpaiq_core import hookimpl
-
-                @hookimpl
-                def drpaiq_register_reader(register):
+                def {hook}:
                     pass
             """
         },
@@ -431,7 +410,8 @@ def test_a_hook_implementation_with_a_misspelled_hook_name_costs_one_warning_lin
     [line] = host.broken
     assert "\n" not in line
     assert "drpaiq-test-typo" in line
-    assert "drpaiq_register_reader" in line
+    for text in named:
+        assert text in line
     assert f"{ENV_BLOCK}=typo" in line
 
 
