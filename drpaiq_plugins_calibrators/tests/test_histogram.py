@@ -79,26 +79,6 @@ def test_one_sided_and_signed_batches_bin_alike() -> None:
     np.testing.assert_array_equal(state.counts, counts)
 
 
-@pytest.mark.parametrize("signed", [False, True], ids=["one-sided", "signed"])
-@pytest.mark.parametrize("zero_share", [0.0, 0.6], ids=["few-zeros", "mostly-zeros"])
-def test_long_batches_bin_by_the_definition(signed: bool, zero_share: float) -> None:
-    """Batches longer than one binning chunk, with and without runs of zeros (the
-    histogram copies that keep bincount's additions apart), bin as the definition says."""
-    rng = np.random.default_rng(7)
-    size = 2 * histogram._CHUNK + 12345  # two full chunks and a partial one
-    values = rng.standard_normal(size).astype(np.float32) * 3
-    if not signed:
-        values = np.abs(values)
-    values[rng.random(size) < zero_share] = 0.0
-    values[: size // 10] = 0.0  # a long run of zeros, as after ReLU on a dark border
-    for capacity in (16, 2048):
-        state = folded([values, values[:1000]], capacity)
-        exponent, counts = direct_counts(np.concatenate([values, values[:1000]]), capacity)
-        assert state.exponent == exponent
-        np.testing.assert_array_equal(state.counts, counts)
-        assert state.zeros == int(np.count_nonzero(values == 0) + np.count_nonzero(values[:1000] == 0))
-
-
 def test_exact_zeros_of_both_signs_are_counted() -> None:
     values = np.array([0.0, -0.0, 1e-30, -1e-30, 2.0, 0.0], dtype=np.float32)
     state = folded([values, values[:2].reshape(1, 2)], 8)
