@@ -18,7 +18,10 @@ quantizers apart. The split is prepared exactly as the shipped PNGs were (padded
 shipped images its arrays equal what the drpaiq reader makes of the PNGs.
 
 Besides top-1, the table gives each INT8 model's flips: test images whose INT8 top-1
-class differs from the FP32 model's (how closely the INT8 model follows FP32).
+class differs from the FP32 model's (how closely the INT8 model follows FP32), and the
+paired comparison of the two INT8 models: the images only drpaiq's model classifies
+right, those only ONNX Runtime's does, and the exact two-sided McNemar p-value of that
+split (a small p means the difference in top-1 is more than chance on these images).
 
 Targets (issue 3): drpaiq's top-1 drop <= ONNX Runtime's and <= 0.5 points on each
 sample; drpaiq INT8 inference time <= 1.1x ONNX Runtime's INT8 model.
@@ -31,6 +34,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -272,9 +276,10 @@ def main() -> int:
 
     header = (
         f"{'model':6} {'method':8} {'FP32 top1':>9} {'drpaiq':>7} {'ORT':>7} "
-        f"{'drop d/o':>11} {'flips d/o':>9} {'quant s d/o':>13} {'infer ms d/o':>15} "
-        f"{'ratio':>6}"
+        f"{'drop d/o':>11} {'flips d/o':>9} {'only d/o':>9} {'p':>5} {'quant s d/o':>13} "
+        f"{'infer ms d/o':>15} {'ratio':>6}"
     )
+    verdicts: list[str] = []
     rows = [header, "-" * len(header)]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -300,11 +305,21 @@ def main() -> int:
                 top_theirs = 100.0 * float(np.mean(pred_theirs == labels))
                 flips_ours = int(np.sum(pred_ours != fp32_pred))
                 flips_theirs = int(np.sum(pred_theirs != fp32_pred))
+                only_ours = int(np.sum((pred_ours == labels) & (pred_theirs != labels)))
+                only_theirs = int(np.sum((pred_theirs == labels) & (pred_ours != labels)))
+                p_value = mcnemar_exact(only_ours, only_theirs)
+                drop_ours, drop_theirs = fp32_top1 - top_ours, fp32_top1 - top_theirs
+                verdicts.append(
+                    verdict(sample.name, method, drop_ours, drop_theirs, ms_ours / ms_theirs)
+                    + f" (paired: {only_ours} vs {only_theirs} images right for one model "
+                    f"only, McNemar p={p_value:.2f})"
+                )
                 rows.append(
                     f"{sample.name:6} {method:8} {fp32_top1:9.2f} "
                     f"{top_ours:7.2f} {top_theirs:7.2f} "
                     f"{fp32_top1 - top_ours:5.2f}/{fp32_top1 - top_theirs:5.2f} "
                     f"{flips_ours:4d}/{flips_theirs:4d} "
+                    f"{only_ours:4d}/{only_theirs:4d} {p_value:5.2f} "
                     f"{t_ours:6.2f}/{t_theirs:6.2f} {ms_ours:7.3f}/{ms_theirs:7.3f} "
                     f"{ms_ours / ms_theirs:6.2f}"
                 )
@@ -325,7 +340,30 @@ def main() -> int:
         + ("; drpaiq with bias_correction True" if args.bias_correction else "")
     )
     print("\n".join(rows))
+    print("targets (issue 3):")
+    print("\n".join(verdicts))
     return 0
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: the chance, if both models were equally good,
+    of a split of the discordant images at least as uneven as ``only_a : only_b``."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def verdict(model: str, method: str, drop_ours: float, drop_theirs: float, ratio: float) -> str:
+    """One line: does this row meet the accuracy and inference-time targets?"""
+    checks = [
+        ("drop <= ORT's", drop_ours <= drop_theirs + 1e-9),
+        ("drop <= 0.5", drop_ours <= 0.5),
+        ("infer <= 1.1x ORT", ratio <= 1.1),
+    ]
+    text = ", ".join(f"{name} {'ok' if good else 'MISSED'}" for name, good in checks)
+    return f"  {model} {method}: {text}"
 
 
 if __name__ == "__main__":
