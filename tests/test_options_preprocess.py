@@ -4,6 +4,9 @@ argument rewriting, and the pre-processing step (drpaiq_core.preprocess)."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +258,36 @@ def test_symbolic_failure_falls_back_with_a_warning(tmp_path, drpaiq_log, monkey
     assert any("symbolic shape inference failed" in line for line in drpaiq_log)
     # ONNX Runtime's leftover "sym_shape_infer_temp.onnx" did not land in the cwd.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.onnx", "pre.onnx"]
+
+
+def test_preprocess_does_not_import_pytorch(tmp_path):
+    """ONNX Runtime's tools package imports torch whenever it is installed (1.2 s and
+    300 MB per run for users who export from PyTorch); pre-processing must not. A
+    stand-in torch package on the path records being imported."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "torch_was_imported"
+    (fake / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'a').close()\n"
+        "def __getattr__(name):\n    raise AttributeError(name)\n"
+    )
+    source = conv_bn_model(tmp_path / "m.onnx")
+    script = (
+        "import sys\n"
+        "from drpaiq_core.preprocess import preprocess_model\n"
+        f"preprocess_model({str(source)!r}, {str(tmp_path / 'pre.onnx')!r})\n"
+        "assert 'torch' not in sys.modules, 'pre-processing imported torch'\n"
+        "assert not [n for n in sys.modules if n.startswith('onnxruntime.tools')]\n"
+        "import onnxruntime.tools\n"  # the user's own import still runs the package
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), *sys.path]))
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "pre.onnx").is_file()
+    # The stand-in was visible: ONNX Runtime's own package import did load it, after.
+    assert marker.exists()
 
 
 def test_failure_gives_the_reference_message(tmp_path):
