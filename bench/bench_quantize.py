@@ -40,7 +40,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import sys
 import tempfile
 import time
@@ -279,6 +278,8 @@ def quantize_ort(sample: Sample, method: str, out: Path, workdir: Path) -> float
 
 
 def main() -> int:
+    from drpaiq_core.evaluate import mcnemar_p
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="MinMax,Entropy")
     parser.add_argument("--test-limit", type=int, default=0, help="test images per model (0 = all)")
@@ -338,7 +339,7 @@ def main() -> int:
                 flips_theirs = int(np.sum(pred_theirs != fp32_pred))
                 only_ours = int(np.sum((pred_ours == labels) & (pred_theirs != labels)))
                 only_theirs = int(np.sum((pred_theirs == labels) & (pred_ours != labels)))
-                p_value = mcnemar_exact(only_ours, only_theirs)
+                p_value = mcnemar_p(only_ours, only_theirs)
                 drop_ours, drop_theirs = fp32_top1 - top_ours, fp32_top1 - top_theirs
                 verdicts.append(
                     verdict(sample.name, method, drop_ours, drop_theirs, ms_ours / ms_theirs)
@@ -375,16 +376,6 @@ def main() -> int:
     print("targets (issue 3):")
     print("\n".join(verdicts))
     return 0
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Exact two-sided McNemar p-value: the chance, if both models were equally good,
-    of a split of the discordant images at least as uneven as ``only_a : only_b``."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
 
 
 def verdict(model: str, method: str, drop_ours: float, drop_theirs: float, ratio: float) -> str:

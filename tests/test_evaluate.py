@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from drpaiq_core.cli import build_cli
-from drpaiq_core.evaluate import evaluate
+from drpaiq_core.evaluate import evaluate, mcnemar_p
 from drpaiq_core.plugins import get_plugin_host
 
 from tests._models import (
@@ -45,7 +45,9 @@ def test_side_by_side_with_deltas(work):
     assert (wrong["top1"], wrong["top5"]) == (0.0, 100.0)  # 3 classes: top-5 holds them all
     assert wrong["delta_top1"] == -100.0 and wrong["delta_top5"] == 0.0
     assert wrong["top1_flips"] == 12  # every image gets another class than right.onnx's
-    assert "delta_top1" not in right and "top1_flips" not in right
+    assert (wrong["top1_right_only"], wrong["top1_right_only_first"]) == (0, 12)
+    assert wrong["top1_p"] == round(2 / 2**12, 4)  # 12 of 12 one way: p = 2 * 0.5**12
+    assert "delta_top1" not in right and "top1_flips" not in right and "top1_p" not in right
 
 
 def test_flips_count_the_images_where_two_models_disagree(work):
@@ -55,6 +57,8 @@ def test_flips_count_the_images_where_two_models_disagree(work):
     first, same, right = json.loads(result.stdout)["models"]
     assert "top1_flips" not in first
     assert same["top1_flips"] == 0 and right["top1_flips"] == 12
+    assert same["top1_p"] == 1.0  # no image right for only one of them: no evidence
+    assert (right["top1_right_only"], right["top1_right_only_first"]) == (12, 0)
 
 
 def test_table_text(work):
@@ -63,9 +67,18 @@ def test_table_text(work):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("12 images, 3 classes in ds (reader nchw_image)")
     assert lines[1].split()[:3] == ["model", "top-1", "top-5"]
-    assert lines[1].split()[-1] == "flips"
+    assert lines[1].split()[-2:] == ["flips", "p"]
     assert lines[2].split() == ["right.onnx", "100.00%", "100.00%"]
-    assert lines[3].split() == ["wrong.onnx", "0.00%", "100.00%", "-100.00", "+0.00", "12"]
+    assert lines[3].split() == ["wrong.onnx", "0.00%", "100.00%", "-100.00", "+0.00", "12", "0.00"]
+
+
+@pytest.mark.parametrize(
+    ("only_a", "only_b", "expected"),
+    [(0, 0, 1.0), (5, 5, 1.0), (0, 10, 2 / 1024), (11, 12, 1.0), (9, 5, 0.4240), (1, 9, 0.0215)],
+)
+def test_mcnemar_p_is_the_exact_binomial_tail(only_a, only_b, expected):
+    assert mcnemar_p(only_a, only_b) == pytest.approx(expected, abs=1e-4)
+    assert mcnemar_p(only_b, only_a) == mcnemar_p(only_a, only_b)
 
 
 def test_nhwc_flag_and_normalization(work):

@@ -10,6 +10,7 @@ INT8 version costs one pass over the images.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class ModelScore:
     :ivar total: images seen.
     :ivar predictions: the best class of every image, in the reader's order (one small
         integer per image, for comparing models image by image).
+    :ivar hits: whether that best class is the label, image by image.
     """
 
     model: Path
@@ -47,6 +49,7 @@ class ModelScore:
     top5: int = 0
     total: int = 0
     predictions: list[np.ndarray] = field(default_factory=list, repr=False)
+    hits: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def flips(self, base: ModelScore) -> int | None:
         """Images whose best class differs from ``base``'s (how closely this model, an
@@ -57,9 +60,31 @@ class ModelScore:
         theirs = np.concatenate(base.predictions) if base.predictions else np.zeros(0)
         return int(np.count_nonzero(mine != theirs))
 
+    def right_only(self, base: ModelScore) -> tuple[int, int] | None:
+        """The images only this model gets right (top-1) and those only ``base`` gets
+        right; None if they saw different images. The top-1 difference between the two
+        is the difference of these counts over the images."""
+        if self.total != base.total:
+            return None
+        mine = np.concatenate(self.hits) if self.hits else np.zeros(0, dtype=bool)
+        theirs = np.concatenate(base.hits) if base.hits else np.zeros(0, dtype=bool)
+        return int(np.count_nonzero(mine & ~theirs)), int(np.count_nonzero(theirs & ~mine))
+
     def percent(self, correct: int) -> float:
         """``correct`` as a percentage of the images seen."""
         return 100.0 * correct / self.total if self.total else 0.0
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: if two models were equally accurate, the chance
+    that the images only one of them gets right split at least as unevenly as
+    ``only_a : only_b``. A large p means the top-1 difference is within chance on these
+    images; below 0.05 it is unlikely to be chance."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
 
 
 @dataclass
@@ -102,6 +127,10 @@ class Evaluation:
                 flips = score.flips(base)
                 if flips is not None:
                     row["top1_flips"] = flips
+                paired = score.right_only(base)
+                if paired is not None:
+                    row["top1_right_only"], row["top1_right_only_first"] = paired
+                    row["top1_p"] = round(mcnemar_p(*paired), 4)
             rows.append(row)
         return {
             "dataset": str(self.dataset),
@@ -112,9 +141,10 @@ class Evaluation:
         }
 
     def to_text(self) -> str:
-        """A table: model, top-1, top-5, the deltas to the first model (points) and the
-        flips (images whose top-1 class differs from the first model's)."""
-        header = ("model", "top-1", "top-5", "delta top-1", "delta top-5", "flips")
+        """A table: model, top-1, top-5, the deltas to the first model (points), the
+        flips (images whose top-1 class differs from the first model's) and ``p``, the
+        McNemar p-value of the top-1 difference (see :func:`mcnemar_p`)."""
+        header = ("model", "top-1", "top-5", "delta top-1", "delta top-5", "flips", "p")
         table = [header]
         for row in self.to_dict()["models"]:
             table.append(
@@ -125,6 +155,7 @@ class Evaluation:
                     f"{row['delta_top1']:+.2f}" if "delta_top1" in row else "",
                     f"{row['delta_top5']:+.2f}" if "delta_top5" in row else "",
                     str(row["top1_flips"]) if "top1_flips" in row else "",
+                    f"{row['top1_p']:.2f}" if "top1_p" in row else "",
                 )
             )
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -249,6 +280,7 @@ def _score(
     # A stable sort makes ties resolve to the lower class index on every platform.
     order = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
     score.predictions.append(order[:, 0].astype(np.int32))
+    score.hits.append(order[:, 0] == labels)
     score.top1 += int(np.sum(order[:, 0] == labels))
     score.top5 += int(np.sum(np.any(order == labels[:, None], axis=1)))
     score.total += int(labels.shape[0])
