@@ -24,6 +24,7 @@ from tests._models import (
     reference_reader_file,
     restore_drpaiq_logger,  # noqa: F401 (an autouse fixture)
 )
+from tests._reference import REFERENCE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -253,25 +254,8 @@ def test_quiet_prints_nothing_but_warnings(workdir):
 def test_help_lists_every_reference_flag():
     text = drpaiq("quantize", "--help").stdout
     for flag in [
-        "--input_model_path",
-        "--output_model_path",
-        "--calibrate_dataset",
-        "--calibrate_method",
-        "-cm",
-        "--datareader_path",
-        "--operate_to_exclude",
-        "-ex",
+        *REFERENCE_FLAGS,
         "--exclude_operate",
-        "--node_to_exclude",
-        "-exn",
-        "--norm_mean",
-        "--norm_std",
-        "--skip_preprocess",
-        "--preprocess_mode",
-        "-ppm",
-        "--preprocessed_model_output",
-        "-pmo",
-        "--tvm",
         "--activation-type",
         "--activation-symmetric",
         "--per-tensor",

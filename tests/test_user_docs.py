@@ -45,32 +45,12 @@ from drpaiq_core.plugins import PluginHost, get_plugin_host
 
 from tests._models import classifier, images
 from tests._plugin_helpers import REPO
+from tests._reference import REFERENCE_FLAGS
 
 GUIDE = REPO / "docs" / "user-guide.md"
 MIGRATION = REPO / "docs" / "migration.md"
 PAGES = (GUIDE, MIGRATION)
 
-#: The reference tool's flags (its command-line table), each needs a migration row.
-REFERENCE_FLAGS = (
-    "--input_model_path",
-    "--output_model_path",
-    "--calibrate_dataset",
-    "--calibrate_method",
-    "-cm",
-    "--datareader_path",
-    "--operate_to_exclude",
-    "-ex",
-    "--node_to_exclude",
-    "-exn",
-    "--norm_mean",
-    "--norm_std",
-    "--skip_preprocess",
-    "--preprocess_mode",
-    "-ppm",
-    "--preprocessed_model_output",
-    "-pmo",
-    "--tvm",
-)
 
 pytestmark = pytest.mark.skipif(
     any(
