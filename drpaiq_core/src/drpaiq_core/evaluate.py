@@ -279,8 +279,9 @@ def _score(
         )
     # A stable sort makes ties resolve to the lower class index on every platform.
     order = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]
+    hits = order[:, 0] == labels
     score.predictions.append(order[:, 0].astype(np.int32))
-    score.hits.append(order[:, 0] == labels)
-    score.top1 += int(np.sum(order[:, 0] == labels))
+    score.hits.append(hits)
+    score.top1 += int(np.count_nonzero(hits))
     score.top5 += int(np.sum(np.any(order == labels[:, None], axis=1)))
     score.total += int(labels.shape[0])
