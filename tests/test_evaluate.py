@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,15 @@ def test_table_text(work):
 def test_mcnemar_p_is_the_exact_binomial_tail(only_a, only_b, expected):
     assert mcnemar_p(only_a, only_b) == pytest.approx(expected, abs=1e-4)
     assert mcnemar_p(only_b, only_a) == mcnemar_p(only_a, only_b)
+
+
+@pytest.mark.parametrize(("only_a", "only_b"), [(600, 500), (480, 560), (2900, 3100), (1, 3000)])
+def test_mcnemar_p_for_many_images_matches_integer_arithmetic(only_a, only_b):
+    """Beyond 1,023 discordant images 2.0**n overflows; the p-value must still come out,
+    equal to the exact sum of binomial coefficients done in Python integers."""
+    n = only_a + only_b
+    exact = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n)
+    assert mcnemar_p(only_a, only_b) == pytest.approx(exact, rel=1e-9, abs=1e-300)
 
 
 def test_nhwc_flag_and_normalization(work):

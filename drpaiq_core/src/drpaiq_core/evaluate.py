@@ -79,11 +79,19 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     """Exact two-sided McNemar p-value: if two models were equally accurate, the chance
     that the images only one of them gets right split at least as unevenly as
     ``only_a : only_b``. A large p means the top-1 difference is within chance on these
-    images; below 0.05 it is unlikely to be chance."""
+    images; below 0.05 it is unlikely to be chance.
+
+    The binomial terms ``C(n, k) / 2**n`` are summed in logarithms, so any number of
+    images works (``2.0**n`` alone overflows beyond 1,023 discordant images).
+    """
     n = only_a + only_b
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2.0**n
+    k = np.arange(min(only_a, only_b), dtype=np.float64)
+    # log(C(n, k) / 2**n) for k = 0 .. min, from C(n, k + 1) = C(n, k) * (n - k) / (k + 1).
+    logs = np.concatenate(([0.0], np.cumsum(np.log(n - k) - np.log(k + 1)))) - n * math.log(2)
+    top = float(logs.max())
+    tail = math.exp(top) * float(np.exp(logs - top).sum())
     return min(1.0, 2.0 * tail)
 
 
