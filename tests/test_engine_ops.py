@@ -214,6 +214,38 @@ def test_weights_are_int8_per_channel_and_bias_int32(tmp_path: Path) -> None:
     assert not b_zp.any()
 
 
+def test_a_pruned_channels_large_bias_stays_exact(tmp_path: Path) -> None:
+    """A folded BatchNormalization with gamma near 0 leaves a channel with near-zero
+    weights and a normal bias: at the plain weight scale the int32 bias would overflow
+    (and be clipped to a fraction of itself). The channel's weight scale is raised
+    instead, so its bias, and its output, stay right."""
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    weight[0] = rng.normal(size=(3, 3, 3)).astype(np.float32) * 1e-9
+    bias = np.array([0.8, 0.1, -0.2, 0.3], np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    inputs: dict[str, list[int | str]] = {"x": ["N", 3, 8, 8]}
+    model = make_model(nodes, inputs, ["y"], {"W": weight, "B": bias})
+    fp32, out, summary = run_quantize(tmp_path, model, random_feeds(inputs))
+    written = onnx.load(str(out))
+    by_name = {i.name: onnx.numpy_helper.to_array(i) for i in written.graph.initializer}
+    dq = {n.input[0]: n for n in written.graph.node if n.op_type == "DequantizeLinear"}
+    q_bias = by_name["B_quantized"].astype(np.int64)
+    b_scale = by_name[dq["B_quantized"].input[1]].astype(np.float64)
+    assert np.abs(q_bias).max() <= 2**30
+    # Every bias, the pruned channel's included, within half a step of its value.
+    assert np.all(np.abs(q_bias * b_scale - bias) <= b_scale * 0.5001)
+    w_scale = by_name[dq["W_quantized"].input[1]]
+    x_scale = summary.plan.activations["x"].scale
+    np.testing.assert_allclose(b_scale, (x_scale * w_scale).astype(np.float32), rtol=1e-6)
+    feed = random_feeds(inputs, batches=1, seed=7)[0]
+    expected, got = run(fp32, feed)[0], run(out, feed)[0]
+    # The pruned channel outputs its bias; the others stay within a few output steps.
+    np.testing.assert_allclose(got[:, 0], 0.8, atol=summary.plan.activations["y"].scale)
+    step = float(summary.plan.activations["y"].scale)
+    assert float(np.max(np.abs(got - expected))) < 8 * step
+
+
 def test_matmul_bias_add_gets_an_int32_bias(tmp_path: Path) -> None:
     nodes, inputs, outputs, inits = matmul_bias_add()
     model = make_model(nodes, inputs, outputs, inits)

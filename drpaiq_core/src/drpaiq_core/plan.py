@@ -7,6 +7,7 @@ narrowed producers). :mod:`drpaiq_core.emit` turns it into a graph; tests inspec
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +20,13 @@ from drpaiq_core.qparams import (
     QParams,
     activation_params,
     bias_params,
+    bias_weight_scale_floor,
     weight_params,
     widen,
 )
 from drpaiq_core.select import Selection
+
+log = logging.getLogger("drpaiq")
 
 
 @dataclass
@@ -210,6 +214,16 @@ def _plan_shared_scales(
 
 
 def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) -> None:
+    sites = _bias_sites(plan, selection, graph)
+    # Weight scales are floored first, so that every bias computed from them fits.
+    floors: dict[str, np.ndarray] = {}
+    for site in sites:
+        value = graph.constant(site.bias)
+        assert value is not None
+        floor = bias_weight_scale_floor(value, plan.activations[site.activation].scale)
+        known = floors.get(site.weight)
+        floors[site.weight] = floor if known is None else np.maximum(known, floor)
+
     weight_keys: dict[tuple[str, int | None], str] = {}
 
     def add_weight(tensor: str, axis: int | None, node: str, index: int) -> WeightPlan:
@@ -219,7 +233,18 @@ def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) ->
             assert value is not None
             if axis is not None and (value.ndim == 0 or not -value.ndim <= axis < value.ndim):
                 axis = None
-            params, q = weight_params(value, axis)
+            floor = floors.get(tensor)
+            if floor is not None and axis is not None and floor.size != value.shape[axis]:
+                floor = np.max(floor)
+            params, q = weight_params(value, axis, floor)
+            if floor is not None:
+                plain, _ = weight_params(value, axis)
+                raised = int(np.count_nonzero(params.scale != plain.scale))
+                if raised:
+                    log.info(
+                        f"weight {tensor!r}: scale raised on {raised} channel(s) so that "
+                        "their int32 bias fits (near-zero weights with a large bias)"
+                    )
             name = f"{tensor}_quantized"
             while name in plan.constants:
                 name += "_"
@@ -244,19 +269,46 @@ def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) ->
         plan.constants[name] = WeightPlan(tensor, params, q, [(node, index)])
 
     for choice in selection.chosen.values():
-        weight_plans: dict[int, WeightPlan] = {}
         for index, axis in sorted(choice.weights.items()):
-            weight_plans[index] = add_weight(choice.inputs[index], axis, choice.node, index)
-        if choice.bias is not None and choice.bias.weight in weight_plans:
-            act = choice.inputs[choice.bias.activation]
-            if act in plan.activations:
-                add_bias(
-                    choice.inputs[choice.bias.bias],
+            add_weight(choice.inputs[index], axis, choice.node, index)
+    for site in sites:
+        weight = next(w for w in plan.constants.values() if site.weight_user in w.users)
+        add_bias(site.bias, site.node, site.bias_index, site.activation, weight)
+
+
+@dataclass(frozen=True)
+class _BiasSite:
+    """One int32 bias to plan: the bias constant, the node and input index that read it,
+    the activation whose scale multiplies in, and the weight (with its user) whose does."""
+
+    bias: str
+    node: str
+    bias_index: int
+    activation: str
+    weight: str
+    weight_user: tuple[str, int]
+
+
+def _bias_sites(plan: QuantPlan, selection: Selection, graph: ModelGraph) -> list[_BiasSite]:
+    """Every bias of the selection whose activation is quantized, in graph order (node
+    biases first, then MatMul + Add BiasAdds)."""
+    sites = []
+    for choice in selection.chosen.values():
+        spec = choice.bias
+        if spec is None or spec.weight not in choice.weights:
+            continue
+        act = choice.inputs[spec.activation]
+        if act in plan.activations:
+            sites.append(
+                _BiasSite(
+                    choice.inputs[spec.bias],
                     choice.node,
-                    choice.bias.bias,
+                    spec.bias,
                     act,
-                    weight_plans[choice.bias.weight],
+                    choice.inputs[spec.weight],
+                    (choice.node, spec.weight),
                 )
+            )
     for add_name, (matmul_name, bias_tensor) in selection.fused_adds.items():
         matmul = selection.chosen[matmul_name]
         weight_index = next(iter(sorted(matmul.weights)), None)
@@ -264,6 +316,14 @@ def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) ->
         add_node = graph.node_by_name(add_name)
         if weight_index is None or source is None or add_node is None:
             continue
-        weight = next(w for w in plan.constants.values() if (matmul_name, weight_index) in w.users)
-        index = list(add_node.input).index(bias_tensor)
-        add_bias(bias_tensor, add_name, index, source, weight)
+        sites.append(
+            _BiasSite(
+                bias_tensor,
+                add_name,
+                list(add_node.input).index(bias_tensor),
+                source,
+                matmul.inputs[weight_index],
+                (matmul_name, weight_index),
+            )
+        )
+    return sites

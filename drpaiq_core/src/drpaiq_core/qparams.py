@@ -13,7 +13,9 @@ The zero-point rule (the reference tool's changed behaviour 2):
   ``scale = 1.0``; every scale is at least :data:`MIN_SCALE`, so no scale is ever 0.
 
 Weights are int8, symmetric, per channel, in ``[-127, 127]``; biases are int32 with
-zero point 0 and ``scale = input scale x weight scale``.
+zero point 0 and ``scale = input scale x weight scale``. A channel whose bias would not
+fit ``+-2**30`` at that scale gets a larger weight scale instead (see
+:func:`bias_weight_scale_floor`).
 """
 
 from __future__ import annotations
@@ -97,24 +99,53 @@ def activation_params(
     return QParams(np.array(s, dtype=np.float32), np.array(zp, dtype=NP_TYPES[dtype]), dtype, None)
 
 
-def weight_params(weight: np.ndarray, axis: int | None) -> tuple[QParams, np.ndarray]:
-    """Symmetric int8 parameters and the quantized weight (per channel along ``axis``)."""
+def weight_params(
+    weight: np.ndarray, axis: int | None, min_scale: np.ndarray | float | None = None
+) -> tuple[QParams, np.ndarray]:
+    """Symmetric int8 parameters and the quantized weight (per channel along ``axis``).
+
+    :param min_scale: a floor for the scale (per channel, or one value): see
+        :func:`bias_weight_scale_floor`.
+    """
     w = np.asarray(weight, dtype=np.float32)
+    floor = np.float32(MIN_SCALE) if min_scale is None else np.asarray(min_scale, np.float32)
     if axis is None:
         absmax = np.array(np.max(np.abs(w)) if w.size else 0.0, dtype=np.float32)
         scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
-        scale = np.maximum(scale, MIN_SCALE).astype(np.float32)
+        scale = np.maximum(np.maximum(scale, MIN_SCALE), np.max(floor)).astype(np.float32)
         q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
         return QParams(scale, np.zeros((), np.int8), "int8", None), q
     axis = axis % w.ndim
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
     absmax = np.max(np.abs(moved), axis=1) if moved.size else np.zeros(w.shape[axis], np.float32)
     scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
-    scale = np.maximum(scale, MIN_SCALE).astype(np.float32)
+    scale = np.maximum(np.maximum(scale, MIN_SCALE), floor).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
     q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
     return QParams(scale, np.zeros(scale.shape, np.int8), "int8", axis), q
+
+
+#: The largest |int32 bias| planned: half the int32 range, so that the accumulator
+#: (bias plus the int8 x int8 products) keeps room before it overflows.
+BIAS_LIMIT = 2**30
+
+
+def bias_weight_scale_floor(bias: np.ndarray, input_scale: np.ndarray | float) -> np.ndarray:
+    """The smallest weight scale per channel under which ``bias`` fits :data:`BIAS_LIMIT`.
+
+    A channel whose weights are all nearly zero (a BatchNormalization with gamma near 0
+    folded into its Conv: a pruned or "slimmed" channel) gets a tiny weight scale, and
+    its bias, divided by ``input scale x weight scale``, far exceeds int32: clipped, the
+    channel would output a fraction of its bias. Raising that channel's weight scale to
+    this floor costs the channel nothing it had (its weights round to about the same
+    few levels) and keeps its bias exact.
+    """
+    b = np.abs(np.asarray(bias, dtype=np.float64).reshape(-1))
+    s_in = max(float(np.asarray(input_scale, dtype=np.float64).reshape(-1)[0]), MIN_SCALE)
+    floor = b / (s_in * BIAS_LIMIT)
+    # float32 rounding must not bring the quotient back above the limit.
+    return np.nextafter(floor.astype(np.float32), np.float32(np.inf))
 
 
 def bias_params(
