@@ -246,6 +246,33 @@ def test_a_pruned_channels_large_bias_stays_exact(tmp_path: Path) -> None:
     assert float(np.max(np.abs(got - expected))) < 8 * step
 
 
+@pytest.mark.parametrize("zero", ["constant", "dead_relu"])
+def test_an_all_zero_add_input_does_not_coarsen_the_other(tmp_path: Path, zero: str) -> None:
+    """An Add of a live tensor and one that is zero on all the data (a zero constant
+    such as an untrained LayerNorm beta, or a ReLU branch that never fires): the zero
+    input is exact at any scale, so the shared scale is the live input's, not the
+    fallback scale 1.0 of an empty range."""
+    if zero == "constant":
+        nodes = [helper.make_node("Add", ["x", "z"], ["y"], name="add")]
+        inits = {"z": np.zeros((1, 4, 1, 1), np.float32)}
+    else:
+        nodes = [
+            helper.make_node("Sub", ["x", "big"], ["low"], name="sub"),
+            helper.make_node("Relu", ["low"], ["z"], name="relu"),
+            helper.make_node("Add", ["x", "z"], ["y"], name="add"),
+        ]
+        inits = {"big": np.full((1,), 100.0, np.float32)}
+    inputs: dict[str, list[int | str]] = {"x": ["N", 4, 5, 5]}
+    model = make_model(nodes, inputs, ["y"], inits)
+    fp32, out, summary = run_quantize(tmp_path, model, random_feeds(inputs))
+    x_range = summary.plan.ranges["x"]
+    x_scale = float(summary.plan.activations["x"].scale)
+    assert x_scale == pytest.approx((x_range[1] - x_range[0]) / 255, rel=1e-6)
+    feed = random_feeds(inputs, batches=1, seed=5)[0]
+    error = np.abs(run(out, feed)[0] - run(fp32, feed)[0])
+    assert float(error.max()) <= 2 * float(summary.plan.activations["y"].scale)
+
+
 def test_matmul_bias_add_gets_an_int32_bias(tmp_path: Path) -> None:
     nodes, inputs, outputs, inits = matmul_bias_add()
     model = make_model(nodes, inputs, outputs, inits)

@@ -178,7 +178,8 @@ def _plan_shared_scales(
     group_range: dict[str, tuple[float, float]],
     options: QuantOptions,
 ) -> None:
-    """Inputs that must share one scale (Add) get it. A member that only this node
+    """Inputs that must share one scale (Add) get the largest of their scales (all-zero
+    members aside). A member that only this node
     reads, and that shares parameters with no other tensor, is quantized with the
     shared scale directly (one rounding); any other member is requantized on its
     edge into this node, so its other consumers keep their finer scale."""
@@ -191,7 +192,13 @@ def _plan_shared_scales(
             members = [t for t in group if t in plan.activations]
             if len(members) < 2:
                 continue
-            shared = max(float(plan.activations[t].scale) for t in members)
+            # A member that is exactly zero on all the data (a zero constant, a dead
+            # ReLU branch) is exact at any scale; its fallback scale of 1.0 must not
+            # become the other members' scale.
+            live = [t for t in members if group_range[groups.find(t)] != (0.0, 0.0)]
+            if not live:
+                continue
+            shared = max(float(plan.activations[t].scale) for t in live)
             for index, name in enumerate(choice.inputs):
                 if name not in members or float(plan.activations[name].scale) == shared:
                     continue
