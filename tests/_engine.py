@@ -150,7 +150,11 @@ def fake_quant_reference(
             if (node.name, index) in constants_by_user:
                 args.append(constants_by_user[(node.name, index)])
             else:
-                args.append(values[name] if name else None)
+                value = values[name] if name else None
+                edge = plan.edges.get((node.name, index))
+                if value is not None and edge is not None:
+                    value = fake_quantize(value, edge)  # requantized on this edge only
+                args.append(value)
         outs = _run_node(node, args, model)
         for name, value in zip(node.output, outs):
             values[name] = (

@@ -94,6 +94,23 @@ def concat() -> tuple:
     return nodes, {"a": ["N", 2, 3], "b": ["N", 3, 3]}, ["y"], {}
 
 
+def concat_of_a_narrow_shared_tensor() -> tuple:
+    """A YOLO head: a sigmoid score (0..1) read by a Mul and concatenated with box
+    coordinates 50 times wider."""
+    nodes = [
+        helper.make_node("Sigmoid", ["a"], ["score"], name="sigmoid"),
+        helper.make_node("Mul", ["score", "a"], ["gated"], name="mul"),
+        helper.make_node("Mul", ["b", "wide"], ["box"], name="scale_box"),
+        helper.make_node("Concat", ["box", "score"], ["y"], name="concat", axis=1),
+    ]
+    return (
+        nodes,
+        {"a": ["N", 2, 3], "b": ["N", 3, 3]},
+        ["y", "gated"],
+        {"wide": np.full((1,), 50.0, np.float32)},
+    )
+
+
 def unary(op: str, shape: list, **attrs: object) -> Callable[[], tuple]:
     def build() -> tuple:
         nodes = [helper.make_node(op, ["x"], ["y"], name=op.lower(), **attrs)]
@@ -149,6 +166,7 @@ CASES = [
     binary("Sub"),
     binary("Mul"),
     concat,
+    concat_of_a_narrow_shared_tensor,
     unary("MaxPool", ["N", 2, 4, 4], kernel_shape=[2, 2], strides=[2, 2]),
     unary("AveragePool", ["N", 2, 4, 4], kernel_shape=[2, 2], strides=[2, 2]),
     unary("GlobalAveragePool", ["N", 2, 4, 4]),
@@ -271,6 +289,37 @@ def test_an_all_zero_add_input_does_not_coarsen_the_other(tmp_path: Path, zero: 
     feed = random_feeds(inputs, batches=1, seed=5)[0]
     error = np.abs(run(out, feed)[0] - run(fp32, feed)[0])
     assert float(error.max()) <= 2 * float(summary.plan.activations["y"].scale)
+
+
+def test_concat_requantizes_a_narrow_input_that_others_read(tmp_path: Path) -> None:
+    """Tied to the Concat's output, the score would take the boxes' scale (about 50
+    times coarser) for the Mul that reads it too. It keeps its own scale and is
+    requantized to the output's parameters on its edge into the Concat, where the tie
+    still holds; an input only the Concat reads is tied directly, without a requant."""
+    nodes, inputs, outputs, inits = concat_of_a_narrow_shared_tensor()
+    model = make_model(nodes, inputs, outputs, inits)
+    _, out, summary = run_quantize(tmp_path, model, random_feeds(inputs))
+    plan = summary.plan
+    score, box, y = (plan.activations[t] for t in ("score", "box", "y"))
+    assert float(score.scale) < float(y.scale) / 10
+    assert (float(box.scale), int(box.zero_point)) == (float(y.scale), int(y.zero_point))
+    edge = plan.edges[("concat", 1)]
+    assert (float(edge.scale), int(edge.zero_point)) == (float(y.scale), int(y.zero_point))
+    assert ("concat", 0) not in plan.edges
+    written = onnx.load(str(out))
+    producers = {o: n for n in written.graph.node for o in n.output}
+    by_name = {i.name: onnx.numpy_helper.to_array(i) for i in written.graph.initializer}
+    concat = next(n for n in written.graph.node if n.op_type == "Concat")
+    out_q = next(
+        n
+        for n in written.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] == concat.output[0]
+    )
+    for name in concat.input:
+        dq = producers[name]
+        assert dq.op_type == "DequantizeLinear"
+        assert by_name[dq.input[1]] == by_name[out_q.input[1]]
+        assert by_name[dq.input[2]] == by_name[out_q.input[2]]
 
 
 def test_matmul_bias_add_gets_an_int32_bias(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from drpaiq_core.plugin_api import QuantOptions, TensorRange
 from drpaiq_core.qparams import (
     QParams,
     activation_params,
+    activation_scale,
     bias_params,
     bias_weight_scale_floor,
     weight_params,
@@ -57,7 +58,8 @@ class QuantPlan:
     :ivar float_nodes: node -> why it stays float.
     :ivar ranges: tensor -> calibrated (rmin, rmax) before ties.
     :ivar edges: (node, input index) -> parameters of a requantization on that edge only
-        (an Add input brought to the scale it shares with the other input).
+        (an Add input brought to the scale it shares with the other input, a narrow
+        Concat input brought to the output's parameters).
     """
 
     activations: dict[str, QParams] = field(default_factory=dict)
@@ -84,8 +86,15 @@ class QuantPlan:
 
 
 class _UnionFind:
+    """Tensors tied to share parameters, with the joint (widened) range of each group."""
+
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
+        self.range: dict[str, tuple[float, float]] = {}
+
+    def add(self, x: str, rng: tuple[float, float]) -> None:
+        self.parent.setdefault(x, x)
+        self.range[x] = rng
 
     def find(self, x: str) -> str:
         self.parent.setdefault(x, x)
@@ -101,6 +110,42 @@ class _UnionFind:
             if rb < ra:
                 ra, rb = rb, ra
             self.parent[rb] = ra
+            (alo, ahi), (blo, bhi) = self.range[ra], self.range[rb]
+            self.range[ra] = (min(alo, blo), max(ahi, bhi))
+
+
+#: A Concat input whose values something else reads too is tied to the output only
+#: while neither side's scale would grow by more than this factor; beyond it the input
+#: is requantized on its edge into the Concat. (An input only the Concat reads is always
+#: tied: it then rounds once, straight to the output's parameters.)
+_TIE_SCALE_RATIO = 1.5
+
+
+def _read_elsewhere(groups: _UnionFind, member: str, node: str, graph: ModelGraph) -> bool:
+    """Whether anything but ``node`` reads the values of ``member``'s group: a graph
+    output, or a reader of one of its tensors that is not ``node`` and whose outputs
+    are not in the group either (a pass-through op inside the group reads it on)."""
+    root = groups.find(member)
+    tensors = {t for t in groups.parent if groups.find(t) == root}
+    for tensor in tensors:
+        if graph.is_graph_output(tensor):
+            return True
+        for reader in graph.consumers(tensor):
+            if reader.name != node and not tensors.intersection(reader.output):
+                return True
+    return False
+
+
+def _far_apart(groups: _UnionFind, a: str, b: str, options: QuantOptions) -> bool:
+    """Whether tying the groups of ``a`` and ``b`` would coarsen either one's scale by
+    more than :data:`_TIE_SCALE_RATIO`."""
+    dtype, symmetric = options.activation_type, options.activation_symmetric
+    (alo, ahi), (blo, bhi) = groups.range[groups.find(a)], groups.range[groups.find(b)]
+    joint = activation_scale(min(alo, blo), max(ahi, bhi), dtype, symmetric)
+    own = min(
+        activation_scale(alo, ahi, dtype, symmetric), activation_scale(blo, bhi, dtype, symmetric)
+    )
+    return joint > _TIE_SCALE_RATIO * own
 
 
 def build_plan(
@@ -142,12 +187,30 @@ def build_plan(
 
     groups = _UnionFind()
     for t in quantized:
-        groups.find(t)
+        groups.add(t, widen(*tensor_range[t]))
+    # (node, input index, a tensor of the group whose parameters the edge takes)
+    loose: list[tuple[str, int, str]] = []
     for choice in selection.chosen.values():
         for group in choice.same_params:
             members = [t for t in group if t in tensor_range and t not in selection.skip_qdq]
-            for other in members[1:]:
-                groups.union(members[0], other)
+            anchor = next((t for t in members if t in choice.outputs), None)
+            if not choice.requantize_narrow_inputs or anchor is None:
+                for other in members[1:]:
+                    groups.union(members[0], other)
+                continue
+            for member in members:
+                if member == anchor or groups.find(member) == groups.find(anchor):
+                    continue
+                if _read_elsewhere(groups, member, choice.node, graph) and _far_apart(
+                    groups, anchor, member, options
+                ):
+                    loose.extend(
+                        (choice.node, index, anchor)
+                        for index, name in enumerate(choice.inputs)
+                        if name == member
+                    )
+                else:
+                    groups.union(anchor, member)
     group_range: dict[str, tuple[float, float]] = {}
     for t in quantized:
         root = groups.find(t)
@@ -162,6 +225,10 @@ def build_plan(
     }
     for t in quantized:
         plan.activations[t] = root_params[groups.find(t)]
+    for node_name, index, anchor in loose:
+        member = selection.chosen[node_name].inputs[index]
+        if groups.find(member) != groups.find(anchor):
+            plan.edges[(node_name, index)] = root_params[groups.find(anchor)]
     _plan_shared_scales(plan, selection, graph, groups, group_range, options)
 
     _plan_constants(plan, selection, graph)

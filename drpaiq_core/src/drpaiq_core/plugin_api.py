@@ -254,6 +254,13 @@ class NodeQuantSpec:
         QuantizeLinear/DequantizeLinear pair of its own.
     :ivar fused_bias_add: (for MatMul) the name of a following ``Add`` of a constant
         whose constant becomes this node's int32 bias.
+    :ivar requantize_narrow_inputs: for this node's ``same_params`` groups that hold
+        its output (Concat): an input that other nodes read too, and whose parameters
+        (with everything already tied to it) differ from the output's by more than a
+        factor of 1.5 in scale, keeps them and is requantized to the output's parameters
+        on its edge into this node. The tie holds at the node either way; this keeps it
+        from coarsening the other readers of a narrow tensor (a sigmoid score
+        concatenated with box coordinates).
     :ivar note: a short remark for the summary.
     """
 
@@ -265,6 +272,7 @@ class NodeQuantSpec:
     same_scale: tuple[tuple[TensorRef, ...], ...] = ()
     narrows_input: bool = False
     fused_bias_add: str | None = None
+    requantize_narrow_inputs: bool = False
     note: str = ""
 
 

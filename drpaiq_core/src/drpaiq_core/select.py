@@ -42,6 +42,7 @@ class NodeChoice:
     narrows_input: bool
     fused_bias_add: str | None
     inputs: list[str]
+    requantize_narrow_inputs: bool = False
 
 
 @dataclass
@@ -179,6 +180,7 @@ def _choice(
         narrows_input=spec.narrows_input,
         fused_bias_add=spec.fused_bias_add,
         inputs=list(node.input),
+        requantize_narrow_inputs=spec.requantize_narrow_inputs,
     )
 
 

@@ -227,7 +227,9 @@ class ClippingActivationQuantizer(OpQuantizer):
 
 
 class ConcatQuantizer(OpQuantizer):
-    """Concat: every input shares the output's scale and zero point (a pure copy)."""
+    """Concat: every input shares the output's scale and zero point (a pure copy). An
+    input much narrower than the output (or tied to much wider tensors) is requantized
+    on its edge instead of forcing the output's scale onto its other readers."""
 
     PLUGIN_NAME = "concat"
     DESCRIPTION = "Concat with inputs sharing the output's parameters"
@@ -238,7 +240,12 @@ class ConcatQuantizer(OpQuantizer):
     ) -> NodeQuantSpec | None:
         n = len(node.input)
         group = (*tuple(("in", i) for i in range(n)), OUT0)
-        return NodeQuantSpec(activations=tuple(range(n)), outputs=(0,), same_params=(group,))
+        return NodeQuantSpec(
+            activations=tuple(range(n)),
+            outputs=(0,),
+            same_params=(group,),
+            requantize_narrow_inputs=True,
+        )
 
 
 class PassThroughQuantizer(OpQuantizer):
