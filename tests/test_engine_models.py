@@ -207,3 +207,42 @@ def test_zero_is_exact_and_constant_tensor_gets_nonzero_scale() -> None:
             step = float(params.scale)
             values = np.linspace(min(lo, 0), max(hi, 0), 50, dtype=np.float32)
             assert np.max(np.abs(fake_quantize(values, params) - values)) <= step / 2 + 1e-6
+
+
+def test_shape_arithmetic_is_counted_on_one_summary_line(tmp_path: Path) -> None:
+    """A dynamic-batch export computes its Reshape target from Shape/Gather/Concat on
+    int64 values: nothing to quantize there, and listing each node as "left in float"
+    would hide the float nodes that matter. They are counted on one line instead."""
+    weight = np.random.default_rng(0).normal(size=(4, 2, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Shape", ["c"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "zero"], ["n"], name="gather", axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"], name="unsqueeze"),
+        helper.make_node("Concat", ["n1", "rest"], ["target"], name="concat", axis=0),
+        helper.make_node("Reshape", ["c", "target"], ["flat"], name="reshape"),
+        helper.make_node("Exp", ["flat"], ["y"], name="exp"),
+    ]
+    inits = {
+        "W": weight,
+        "zero": np.array(0, np.int64),
+        "axes": np.array([0], np.int64),
+        "rest": np.array([-1], np.int64),
+    }
+    inputs: dict[str, list[int | str]] = {"x": ["N", 2, 3, 3]}
+    model = make_model(nodes, inputs, ["y"], inits)
+    _, _, summary = run_quantize(tmp_path, model, random_feeds(inputs))
+    reasons = {name: why for name, (_, why) in summary.float_nodes.items()}
+    integer = "no float output (integer or shape computation)"
+    assert {name for name, why in reasons.items() if why == integer} == {
+        "shape",
+        "gather",
+        "unsqueeze",
+        "concat",
+    }
+    assert reasons["exp"] == "no op quantizer for Exp"
+    assert summary.quantized["reshape"] == "Reshape"
+    text = summary.to_text()
+    assert "left in float 1 node(s):\n  exp (Exp): no op quantizer for Exp" in text
+    assert f"not quantized, {integer}: 4 node(s) (Concat 1, Gather 1, Shape 1, Unsqueeze 1)" in text
+    assert "shape (Shape)" not in text

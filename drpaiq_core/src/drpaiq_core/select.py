@@ -24,6 +24,10 @@ from drpaiq_core.plugins import PluginHost
 
 log = logging.getLogger("drpaiq")
 
+#: Why a node that computes no float values (shape arithmetic on int64, ArgMax) stays
+#: as it is: there is nothing to quantize in it.
+NO_FLOAT_OUTPUT = "no float output (integer or shape computation)"
+
 
 @dataclass
 class NodeChoice:
@@ -107,6 +111,9 @@ def select(
             continue
         if node.domain not in ("", "ai.onnx"):
             selection.float_nodes[node.name] = f"custom domain {node.domain!r}"
+            continue
+        if not any(graph.is_float(name) for name in node.output if name):
+            selection.float_nodes[node.name] = NO_FLOAT_OUTPUT
             continue
         quantizer_cls = host.op_quantizers.find(node.op_type)
         if quantizer_cls is None:

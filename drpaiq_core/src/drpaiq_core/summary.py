@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drpaiq_core.select import NO_FLOAT_OUTPUT
+
 
 @dataclass
 class Summary:
@@ -75,10 +77,20 @@ class Summary:
             f"quantized {len(self.quantized)} node(s): "
             + ", ".join(f"{op} {n}" for op, n in sorted(counts.items()))
         )
-        if self.float_nodes:
-            lines.append(f"left in float {len(self.float_nodes)} node(s):")
-            for name, (op, reason) in self.float_nodes.items():
+        # Nodes without float outputs (the shape arithmetic of a dynamic export) are
+        # counted on one line: listed one by one they would hide the nodes that matter.
+        integer = Counter(op for op, why in self.float_nodes.values() if why == NO_FLOAT_OUTPUT)
+        listed = {k: v for k, v in self.float_nodes.items() if v[1] != NO_FLOAT_OUTPUT}
+        if listed:
+            lines.append(f"left in float {len(listed)} node(s):")
+            for name, (op, reason) in listed.items():
                 lines.append(f"  {name} ({op}): {reason}")
+        if integer:
+            lines.append(
+                f"not quantized, {NO_FLOAT_OUTPUT}: {sum(integer.values())} node(s) ("
+                + ", ".join(f"{op} {n}" for op, n in sorted(integer.items()))
+                + ")"
+            )
         for rule, nodes in self.rules.items():
             lines.append(f"rule {rule}: {len(nodes)} node(s)")
         ratio = self.size_after / self.size_before if self.size_before else 0.0
