@@ -106,7 +106,15 @@ def test_dynamic_dims_and_normalization_pattern(tmp_path: Path) -> None:
     feeds = random_feeds({"x": ["N", 3, 5, 7]})
     fp32, out, summary = run_quantize(tmp_path, model, feeds)
     assert summary.float_nodes["sqrt"][1] == "no op quantizer for Sqrt"
-    assert "add_eps" in summary.float_nodes  # the epsilon Add keeps its precision
+    # The epsilon Add keeps its precision, and the summary says why.
+    assert summary.float_nodes["add_eps"] == (
+        "Add",
+        "a normalization's variance + epsilon: in INT8 the epsilon would vanish",
+    )
+    assert summary.float_nodes["var"] == (
+        "ReduceMean",
+        "a normalization's variance: kept float with its epsilon Add",
+    )
     assert {"conv", "sub"} <= set(summary.quantized)
     other = {"x": RNG.normal(size=(1, 3, 9, 4)).astype(np.float32)}  # other H, W still run
     assert run(out, other)[0].shape == (1, 4, 9, 4)

@@ -354,6 +354,11 @@ class OpQuantizer(abc.ABC):
         non-float or absent (empty-named) inputs and outputs.
         """
 
+    def float_reason(self, node: onnx.NodeProto, graph: GraphView) -> str:
+        """Why :meth:`quantize_node` left ``node`` in float, for the summary. Override
+        to name the case (the default names only this plugin)."""
+        return f"{self.PLUGIN_NAME} left it in float"
+
 
 # ---------------------------------------------------------------------------
 # Exclusion matchers

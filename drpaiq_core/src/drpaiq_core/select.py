@@ -119,9 +119,10 @@ def select(
         if quantizer_cls is None:
             selection.float_nodes[node.name] = f"no op quantizer for {node.op_type}"
             continue
-        spec = quantizer_cls().quantize_node(node, graph, options)
+        quantizer = quantizer_cls()
+        spec = quantizer.quantize_node(node, graph, options)
         if spec is None:
-            selection.float_nodes[node.name] = f"{quantizer_cls.PLUGIN_NAME} left it in float"
+            selection.float_nodes[node.name] = quantizer.float_reason(node, graph)
             continue
         choice = _choice(node, graph, spec, quantizer_cls.PLUGIN_NAME)
         if choice is None:

@@ -88,6 +88,9 @@ class GemmQuantizer(OpQuantizer):
                 bias = BiasSpec(bias=2, activation=0, weight=1)
         return NodeQuantSpec(activations=(0,), weights={1: axis}, bias=bias, outputs=(0,))
 
+    def float_reason(self, node: onnx.NodeProto, graph: GraphView) -> str:
+        return "Gemm with transA: no per-feature weight layout (kept float)"
+
 
 class MatMulQuantizer(OpQuantizer):
     """MatMul: a constant right-hand side is a weight per output feature (last axis);
@@ -143,6 +146,15 @@ class AddQuantizer(OpQuantizer):
             return None
         return NodeQuantSpec(activations=(0, 1), outputs=(0,), same_scale=((("in", 0), ("in", 1)),))
 
+    def float_reason(self, node: onnx.NodeProto, graph: GraphView) -> str:
+        return EPSILON_REASON
+
+
+#: Why a normalization's ``variance + epsilon`` stays float (see :func:`_is_epsilon_add`).
+EPSILON_REASON = "a normalization's variance + epsilon: in INT8 the epsilon would vanish"
+#: Why a normalization's variance ReduceMean stays float.
+VARIANCE_REASON = "a normalization's variance: kept float with its epsilon Add"
+
 
 def _is_epsilon_add(node: onnx.NodeProto, graph: GraphView) -> bool:
     """``variance + epsilon`` ahead of Sqrt/Reciprocal/Div in a normalization: in INT8
@@ -185,6 +197,9 @@ class ElementwiseQuantizer(OpQuantizer):
         inputs = tuple(range(min(len(node.input), 2)))
         return NodeQuantSpec(activations=inputs, outputs=(0,))
 
+    def float_reason(self, node: onnx.NodeProto, graph: GraphView) -> str:
+        return VARIANCE_REASON
+
 
 class NormalizationQuantizer(OpQuantizer):
     """A BatchNormalization that no Conv absorbed (pre-activation ResNets): quantized
@@ -208,6 +223,9 @@ class NormalizationQuantizer(OpQuantizer):
             bias=BiasSpec(bias=2, activation=0, weight=1),
             outputs=(0,),
         )
+
+    def float_reason(self, node: onnx.NodeProto, graph: GraphView) -> str:
+        return "training-mode BatchNormalization (several outputs)"
 
 
 class ClippingActivationQuantizer(OpQuantizer):
@@ -280,6 +298,9 @@ class PassThroughQuantizer(OpQuantizer):
             if value is not None and value.size and float(value.reshape(-1)[0]) != 0.0:
                 return None  # a non-zero pad value would widen the range: keep it float
         return NodeQuantSpec(activations=(0,), outputs=(0,), same_params=((IN0, OUT0),))
+
+    def float_reason(self, node: onnx.NodeProto, graph: GraphView) -> str:
+        return "Pad with a non-zero constant: the pad value would widen the input's range"
 
 
 class SplitQuantizer(OpQuantizer):
