@@ -282,6 +282,17 @@ def test_datareader_class_choice(tmp_path):
         find_reader_class(import_datareader(tmp_path / "sub.py"), Path("s"), SPEC).__name__
         == "Mine"
     )
+    # ONNX Runtime's CalibrationDataReader makes every class with get_next() pass
+    # issubclass() for every other: the choice must follow real inheritance.
+    (tmp_path / "ort.py").write_text(
+        "from onnxruntime.quantization import CalibrationDataReader\n"
+        "class NCHWDataReader(CalibrationDataReader):\n    def get_next(self): ...\n"
+        "class NHWCDataReader(CalibrationDataReader):\n    def get_next(self): ...\n"
+        "class ImageDataReader(CalibrationDataReader):\n    def get_next(self): ...\n"
+    )
+    module = import_datareader(tmp_path / "ort.py")
+    assert find_reader_class(module, Path("o"), nhwc).__name__ == "NHWCDataReader"
+    assert find_reader_class(module, Path("o"), SPEC).__name__ == "NCHWDataReader"
     (tmp_path / "imported.py").write_text("from drpaiq_core.compat import NCHWDataReader\n")
     found = find_reader_class(import_datareader(tmp_path / "imported.py"), Path("i"), SPEC)
     assert found.__name__ == "NCHWDataReader"

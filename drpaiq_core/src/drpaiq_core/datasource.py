@@ -505,7 +505,10 @@ def find_reader_class(module: ModuleType, path: Path, inputs: Sequence[InputSpec
             f"datareader {path} defines no reader class (a class with a get_next() method, "
             "e.g. class NCHWDataReader(CalibrationDataReader)); check --datareader_path"
         )
-    pool = [c for c in pool if not any(o is not c and issubclass(o, c) for o in pool)]
+    # Real inheritance (the MRO), not issubclass(): ONNX Runtime's CalibrationDataReader
+    # has a __subclasshook__ under which any two classes with get_next() are
+    # "subclasses" of each other, which would drop them all.
+    pool = [c for c in pool if not any(o is not c and c in o.__mro__ for o in pool)]
     named = [c for c in pool if c.__name__ in REFERENCE_CLASS_NAMES]
     if len(named) > 1:
         wanted = "NHWCDataReader" if _looks_nhwc(inputs) else "NCHWDataReader"
