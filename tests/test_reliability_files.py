@@ -126,6 +126,8 @@ def test_nonfinite_activations_are_left_out_with_one_warning_per_tensor(work, me
     assert len(tensors) == len(set(tensors)), "a tensor was warned about twice"
     assert {"inv", "log", "allnan"} <= set(tensors), outcome.stderr
     assert all(line.startswith("drpaiq: warning: tensor ") for line in warned)
+    placeholder = [line for line in warned if "placeholder range [0, 0]" in line]
+    assert {line.split("'")[1] for line in placeholder} == {"allnan", "conv_allnan"}
     scales = qdq_scales(work / "q.onnx")
     assert scales, "nothing was quantized"
     for name, scale in scales.items():
@@ -461,3 +463,65 @@ def test_the_docs_say_that_a_datareader_file_is_run():
     assert any("trust" in part and " run" in part for part in sections), (
         "docs/user-guide.md must say plainly that --datareader_path runs the file's code"
     )
+
+
+# -- outputs besides the model: written only by a run that succeeds --------------------
+
+
+def test_a_failed_run_leaves_the_preprocessed_model_and_debug_folder_alone(work):
+    """``-pmo`` and ``--debug-dir`` are outputs too: a run that fails after
+    pre-processing (here: its reader fails during calibration) must not replace the old
+    pre-processed model nor leave debug files behind."""
+    (work / "pre.onnx").write_bytes(PREVIOUS)
+    # A reader that fails on its second sample: after pre-processing, during calibration.
+    shape = [
+        d.dim_value or 1 for d in onnx.load("m.onnx").graph.input[0].type.tensor_type.shape.dim
+    ]
+    (work / "failing.py").write_text(
+        "import numpy as np\n"
+        "class NCHWDataReader:\n"
+        "    def __init__(self, *args):\n        self.n = 0\n"
+        "    def get_next(self):\n"
+        "        self.n += 1\n"
+        "        if self.n == 2:\n            raise OSError('camera unplugged')\n"
+        f"        return {{'input': np.ones({shape}, np.float32)}}\n"
+    )
+    extra = ("-ppm", "default", "-pmo", "pre.onnx", "--debug-dir", "dbg", "-cm", "Entropy")
+    failed = run_inprocess(q(*extra, "--datareader_path", "failing.py"))
+    one_error_line(failed, "camera unplugged")
+    assert (work / "pre.onnx").read_bytes() == PREVIOUS
+    assert (work / "out.onnx").read_bytes() == PREVIOUS
+    assert not (work / "dbg").exists()
+    # The same command on real data writes all three.
+    done = run_inprocess(q(*extra))
+    assert done.code == 0, done.stderr
+    assert onnx.load(str(work / "pre.onnx")).graph.node
+    assert (work / "dbg" / "calibration.json").is_file()
+    assert not [p for p in work.iterdir() if p.name.startswith(".")], "a temp file was left"
+
+
+def test_a_debug_folder_at_an_output_files_path_is_refused_before_any_work(work):
+    before = snapshot(work)
+    for flags in (("-o", "out.onnx"), ("--summary-json", "s.json"), ("-pmo", "p.onnx")):
+        argv = q("--debug-dir", flags[1], "-cm", "Entropy")
+        if flags[0] != "-o":
+            argv += list(flags)
+        line = one_error_line(run_inprocess(argv), f"debug folder {flags[1]} is the path of")
+        assert "folder of its own" in line
+        assert snapshot(work) == before
+
+
+def test_an_interrupt_says_which_outputs_were_already_written(work, capsys):
+    """A Ctrl-C that lands after the model was renamed into place must not claim that
+    nothing was written."""
+    from drpaiq_core import cli
+
+    write_module.reset_written()
+    cli._interrupted(KeyboardInterrupt())
+    assert capsys.readouterr().err == "drpaiq: interrupted; no output was written\n"
+    write_module.write_text(work / "s.json", "{}")
+    assert cli._interrupted(cli.Terminated()) == 143
+    assert capsys.readouterr().err == (
+        f"drpaiq: terminated after writing {work / 's.json'} (complete); nothing else was written\n"
+    )
+    write_module.reset_written()

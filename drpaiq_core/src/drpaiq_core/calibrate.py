@@ -554,9 +554,11 @@ def finish(
     nonfinite = {name: count for name, count in stats.nonfinite.items() if count}
     for name, count in nonfinite.items():
         total = stats.values.get(name, count)
+        # With no finite value at all the tensor has no range: say what it gets instead.
+        fallback = " (all of them: it gets the placeholder range [0, 0])" if count >= total else ""
         log.warning(
             f"tensor {name!r}: {count} of {total} calibration values were NaN or Inf and "
-            "were left out; check the model and the input normalization"
+            f"were left out{fallback}; check the model and the input normalization"
         )
     if debug_dir is not None:
         try:

@@ -21,6 +21,7 @@ import click
 from drpaiq_core import __version__
 from drpaiq_core.errors import UserError
 from drpaiq_core.plugins import PluginHost, get_plugin_host
+from drpaiq_core.write import reset_written, written_files
 
 log = logging.getLogger("drpaiq")
 
@@ -73,16 +74,22 @@ class Terminated(KeyboardInterrupt):
     removed, no partial output; the exit code is 128 + 15."""
 
     exit_code = 143
-    message = "drpaiq: terminated; no output was written"
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:
-    """Say that the run was stopped; the exit code (130 for Ctrl-C, 143 for SIGTERM)."""
-    if isinstance(exc, Terminated):
-        click.echo(Terminated.message, err=True)
-        return Terminated.exit_code
-    click.echo("drpaiq: interrupted; no output was written", err=True)
-    return 130
+    """Say that the run was stopped and what it had written by then; the exit code
+    (130 for Ctrl-C, 143 for SIGTERM)."""
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    written = written_files()
+    if written:
+        names = ", ".join(str(path) for path in written)
+        click.echo(
+            f"drpaiq: {what} after writing {names} (complete); nothing else was written",
+            err=True,
+        )
+    else:
+        click.echo(f"drpaiq: {what}; no output was written", err=True)
+    return Terminated.exit_code if isinstance(exc, Terminated) else 130
 
 
 class DrpaiqGroup(click.Group):
@@ -90,6 +97,7 @@ class DrpaiqGroup(click.Group):
     Ctrl-C into exit code 130 (SIGTERM: 143)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        reset_written()
         try:
             return super().invoke(ctx)
         except UserError as exc:
@@ -231,6 +239,7 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 
 def _main(argv: list[str] | None, prog_name: str) -> None:
+    reset_written()
     try:
         # Inside the try: plugin loading may raise a UserError, and a Ctrl-C while the
         # plugins import must not end in a traceback either.

@@ -68,7 +68,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     from drpaiq_core.prepare import prepare
     from drpaiq_core.select import select
     from drpaiq_core.verify import verify
-    from drpaiq_core.write import check_output_path, write_model, write_text
+    from drpaiq_core.write import check_output_path, publish_folder, write_model, write_text
 
     host = host or get_plugin_host()
     input_path = Path(config.input_model)
@@ -90,6 +90,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         debug_dir = Path(config.options["entropy_debug"])
     # The folder itself is made only once there is something to put in it (see
     # calibrate.finish): a run that fails before then leaves no empty folder behind.
+    _check_distinct_outputs(config, debug_dir)
     if debug_dir is not None and debug_dir.exists() and not debug_dir.is_dir():
         raise UserError(f"debug folder {debug_dir} is a file; give a folder path")
 
@@ -100,7 +101,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     reader = open_reader(config, host, original, input_path)
     with tempfile.TemporaryDirectory(prefix="drpaiq-") as workdir_name:
         workdir = Path(workdir_name)
-        model = _preprocessed(config, input_path, original, workdir)
+        model, preprocessed = _preprocessed(config, input_path, original, workdir)
         model = prepare(model, per_channel=options.per_channel)
         model = _with_shapes(model)
         graph = ModelGraph(model)
@@ -111,7 +112,8 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
             reader,
             calibrator,
             quiet=config.quiet,
-            debug_dir=debug_dir,
+            # Staged: published below only once the whole run has succeeded.
+            debug_dir=None if debug_dir is None else workdir / "debug",
             workdir=workdir,
         )
         graph = ModelGraph(model, observed_shapes=result.shapes)
@@ -124,6 +126,10 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         quantized = emit(model, plan)
         verify(quantized)
         write_model(quantized, output_path)
+        if preprocessed is not None and config.preprocessed_model_output is not None:
+            _publish_preprocessed(preprocessed, Path(config.preprocessed_model_output))
+        if debug_dir is not None and (workdir / "debug").is_dir():
+            publish_folder(workdir / "debug", debug_dir)
 
     summary = Summary(
         input_model=input_path,
@@ -153,18 +159,51 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
 
 def _preprocessed(
     config: QuantizeConfig, input_path: Path, original: onnx.ModelProto, workdir: Path
-) -> onnx.ModelProto:
-    """The model after ONNX Runtime's quantization pre-processing (or as loaded)."""
+) -> tuple[onnx.ModelProto, Path | None]:
+    """The model after ONNX Runtime's quantization pre-processing (or as loaded), and
+    the file it was pre-processed into (in ``workdir``; None without pre-processing)."""
     import onnx
 
     from drpaiq_core.preprocess import preprocess_model, preprocess_settings
 
     settings = preprocess_settings(config)
     if settings is None:
-        return original
-    target = config.preprocessed_model_output or workdir / "preprocessed.onnx"
-    preprocess_model(Path(input_path), Path(target), **settings)
-    return onnx.load(str(target))
+        return original, None
+    target = workdir / "preprocessed.onnx"
+    preprocess_model(Path(input_path), target, **settings)
+    return onnx.load(str(target)), target
+
+
+def _publish_preprocessed(source: Path, target: Path) -> None:
+    """Write the pre-processed model to ``-pmo``'s path, once the run has succeeded
+    (with its external data file beside it, when it has one)."""
+    import onnx
+
+    from drpaiq_core.write import copy_file, write_model
+
+    if (source.parent / f"{source.name}.data").exists():
+        # Rewritten so that the data file is named after the target, as for any model.
+        write_model(onnx.load(str(source)), target)
+    else:
+        copy_file(source, target)
+
+
+def _check_distinct_outputs(config: QuantizeConfig, debug_dir: Path | None) -> None:
+    """Refuse a debug folder at the path of the input or of an output file."""
+    if debug_dir is None:
+        return
+    files = {
+        "the input model": config.input_model,
+        "the output model": config.output_model,
+        "--summary-json": config.summary_json,
+        "-pmo": config.preprocessed_model_output,
+    }
+    for what, path in files.items():
+        if path is not None and Path(path).resolve() == debug_dir.resolve():
+            raise UserError(
+                f"debug folder {debug_dir} is the path of {what}; give the debug output a "
+                "folder of its own"
+            )
 
 
 def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,21 @@ if TYPE_CHECKING:
 
 #: Models larger than this are written with their weights in an external data file.
 EXTERNAL_DATA_THRESHOLD = 1_900_000_000
+
+#: The files renamed into place since the last :func:`reset_written`, in order: what
+#: an interrupted or failed command has already written.
+_written: list[Path] = []
+
+
+def reset_written() -> None:
+    """Start a new command: forget the files written so far."""
+    _written.clear()
+
+
+def written_files() -> list[Path]:
+    """The files written (complete, renamed into place) since :func:`reset_written`
+    that still exist (files of temporary folders are gone once a run unwinds)."""
+    return [path for path in dict.fromkeys(_written) if path.exists()]
 
 
 def check_output_path(output: Path, inputs: tuple[Path, ...] = ()) -> None:
@@ -99,6 +115,7 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
         # mkstemp makes the file private (0o600); the output is an ordinary file.
         os.chmod(tmp, mode)
         os.replace(tmp, target)
+        _written.append(target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -124,6 +141,26 @@ def write_bytes(target: Path, data: bytes) -> None:
     """Write a binary file atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Copy every file under ``staging`` into the folder ``target`` (made if missing),
+    each atomically: files written during a run are staged and published only once
+    the run has succeeded, so that a failed or interrupted run leaves none of them."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create folder {target}: {exc.strerror or exc}") from None
+    for source in sorted(p for p in staging.rglob("*") if p.is_file()):
+        destination = target / source.relative_to(staging)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        copy_file(source, destination)
 
 
 def write_model(model: onnx.ModelProto, target: Path) -> None:
