@@ -622,7 +622,16 @@ CASES = [
         lambda work: [*q(model=truncated_model(0.5)(work)), "--debug-dir", "debug"],
         ("cut.onnx",),
     ),
-    Case("debug-dir-is-a-file", fixed(*q("--debug-dir", "m.onnx")), ("m.onnx", "is a file")),
+    Case(
+        "debug-dir-is-a-file",
+        fixed(*q("--debug-dir", "cal/img_000.png")),
+        ("img_000.png", "is a file"),
+    ),
+    Case(
+        "debug-dir-is-the-model",
+        fixed(*q("--debug-dir", "m.onnx")),
+        ("m.onnx", "is the path of the input model"),
+    ),
     Case(
         "debug-dir-parent-missing",
         fixed(*q("--debug-dir", "nowhere/debug")),
