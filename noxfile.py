@@ -6,7 +6,7 @@
     nox -s plugin-ops               (likewise)
     nox -s plugin-calibrators       (likewise)
     nox -s all                      the four distributions together: the whole suite
-    nox -s lint mypy build          ruff, mypy on the core, one wheel per distribution
+    nox -s lint mypy build          ruff, mypy on all four, one wheel per distribution
 
 Distributions are installed non-editable (pip builds a wheel and installs it), so their
 entry points and package data are exercised as users get them. Pytest runs from the
@@ -128,8 +128,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def mypy(session: nox.Session) -> None:
-    """mypy on the core (the files and settings are in the root pyproject.toml)."""
-    _install(session, CORE, "mypy>=1.10")
+    """mypy on the core and the three plugin distributions (the files and settings
+    are in the root pyproject.toml)."""
+    _install(session, *DISTRIBUTIONS, "mypy>=1.10")
     session.run("mypy")
 
 

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from drpaiq_core.errors import UserError
 from drpaiq_core.plugin_api import TensorRange
 
 from drpaiq_plugins_calibrators import debug_plots, histogram
@@ -110,7 +111,7 @@ def kl_divergence_curve(
     # Group bounds floor(i * g / levels) in int32 where it cannot overflow: integer
     # division is several times faster there than in int64.
     index_type = np.int32 if n * levels < 2**31 else np.int64
-    groups = np.arange(levels + 1, dtype=index_type)
+    groups: np.ndarray = np.arange(levels + 1, dtype=index_type)
 
     first = levels if first is None else min(max(first, levels), n)
     curve = np.empty(n - first + 1)
@@ -143,6 +144,32 @@ def kl_divergence_curve(
     return curve
 
 
+def entropy_num_bins(options: Mapping[str, Any], num_quantized_bins: int) -> int:
+    """The ``num_bins`` option, checked against ``num_quantized_bins``: the search needs
+    at least two histogram bins per quantized level, so that each side (whose occupied
+    part has more than ``num_bins / 2`` bins) has candidate thresholds. A value below
+    that is a :class:`UserError` that says so and how to fix it."""
+    num_bins = int_option(
+        options,
+        "num_bins",
+        DEFAULT_NUM_BINS,
+        low=1,
+        high=MAX_BINS,
+        why=f"the histogram's memory grows with it; drpaiq's default is {DEFAULT_NUM_BINS}",
+    )
+    needed = 2 * num_quantized_bins
+    if num_bins < needed:
+        raise UserError(
+            f"advanced option num_bins {num_bins} is too few for Entropy calibration: it "
+            f"needs at least 2 x num_quantized_bins = {needed} histogram bins per sign "
+            f"(num_quantized_bins is {num_quantized_bins}), so that the threshold search has "
+            f"candidates; raise num_bins to {needed} or more (drpaiq's default is "
+            f"{DEFAULT_NUM_BINS}; the DRP-AI Quantizer's default of 128 is too few here) or "
+            f"lower num_quantized_bins to {max(num_bins // 2, 2)} or less"
+        )
+    return num_bins
+
+
 class EntropyCalibrator(histogram.HistogramCalibrator):
     """Range from the KL-divergence threshold search (TensorRT-style entropy calibration).
 
@@ -166,17 +193,14 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
         self.num_quantized_bins = int_option(
-            self.options, "num_quantized_bins", DEFAULT_NUM_QUANTIZED_BINS, low=2, high=MAX_BINS
-        )
-        # At least two bins per level, so that each side's search has candidates (the
-        # occupied side has more than num_bins / 2 bins).
-        self.num_bins = int_option(
             self.options,
-            "num_bins",
-            DEFAULT_NUM_BINS,
-            low=2 * self.num_quantized_bins,
-            high=MAX_BINS,
+            "num_quantized_bins",
+            DEFAULT_NUM_QUANTIZED_BINS,
+            low=2,
+            high=MAX_BINS // 2,
+            why="the levels each side is quantized to; num_bins must be at least twice as many",
         )
+        self.num_bins = entropy_num_bins(self.options, self.num_quantized_bins)
         self.debug_dir = path_option(self.options, "entropy_debug")
         self.max_clip = float_option(
             self.options, "entropy_max_clip", DEFAULT_MAX_CLIP, above=0.0, at_most=1.0

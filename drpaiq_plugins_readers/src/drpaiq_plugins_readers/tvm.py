@@ -127,8 +127,10 @@ class TVMReader(Reader):
         if not walk_files(folder, image_extensions()):
             return None
         shape = self._shape
-        cls = NHWCImageReader if len(shape) == 4 and shape[3] == 3 and shape[1] != 3 else None
-        cls = cls or NCHWImageReader
+        nhwc = len(shape) == 4 and shape[3] == 3 and shape[1] != 3
+        cls: type[NCHWImageReader] | type[NHWCImageReader] = (
+            NHWCImageReader if nhwc else NCHWImageReader
+        )
         log.info(f"--tvm: no recorded tensors in {folder}; reading its images as {cls.PLUGIN_NAME}")
         return cls(self.context)
 
