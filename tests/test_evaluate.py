@@ -6,11 +6,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from drpaiq_core.cli import build_cli
-from drpaiq_core.evaluate import evaluate, mcnemar_p
+from drpaiq_core.evaluate import Evaluation, ModelScore, evaluate, mcnemar_p
 from drpaiq_core.plugins import get_plugin_host
+from onnx import TensorProto, helper, numpy_helper
 
 from tests._models import (
     classifier,
@@ -21,6 +24,7 @@ from tests._models import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
+NO_NORM = ("--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1")
 
 
 def run(*args: str):
@@ -137,6 +141,147 @@ def test_fixed_batch_model(work):
     result = run("-q", "evaluate", "fixed.onnx", "right.onnx", "--dataset", "ds", "--json")
     assert result.exit_code == 0, result.stderr
     assert [m["images"] for m in json.loads(result.stdout)["models"]] == [12, 12]
+
+
+def fixed_batch_copy(source: Path, target: Path, batch: int) -> Path:
+    """``source`` with its input's batch dimension fixed at ``batch``."""
+    model = onnx.load(str(source))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.ClearField("dim_param")
+    dim.dim_value = batch
+    onnx.save(model, str(target))
+    return target
+
+
+@pytest.mark.parametrize("fixed", [(5,), (16,), (5, 7)], ids=["5", "more-than-images", "5-and-7"])
+def test_fixed_batch_models_score_every_image(work, fixed):
+    """12 images do not fill batches of 5 (nor one of 16): the last batch is filled up
+    and its extra results dropped, so every model scores all 12 images and the paired
+    columns compare the same images."""
+    names = [f"b{b}.onnx" for b in fixed]
+    for name, batch in zip(names, fixed):
+        fixed_batch_copy(work / "right.onnx", work / name, batch)
+    args = ("-q", "evaluate", "right.onnx", *names, "wrong.onnx", "-d", "ds", "--batch-size", "4")
+    result = run(*args, *NO_NORM, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "left out" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 12 and "note" not in report
+    models = report["models"]
+    assert [m["images"] for m in models] == [12] * (len(fixed) + 2)
+    for row in models[1:-1]:
+        assert (row["top1"], row["top1_flips"], row["top1_p"]) == (100.0, 0, 1.0)
+    assert models[-1]["top1_flips"] == 12
+    lines = run(*args, *NO_NORM).stdout.splitlines()
+    assert lines[0].startswith("12 images,") and "images" not in lines[1]
+    assert lines[3].split()[-2:] == ["0", "1.00"]
+
+
+def score(name: str, predictions: list[int], labels: list[int]) -> ModelScore:
+    """A :class:`ModelScore` of a model that answered ``predictions`` on ``labels``."""
+    hits = np.asarray(predictions) == np.asarray(labels)
+    return ModelScore(
+        Path(name),
+        top1=int(hits.sum()),
+        top5=len(labels),
+        total=len(labels),
+        predictions=[np.asarray(predictions, np.int32)],
+        hits=[hits],
+    )
+
+
+def test_models_that_saw_different_images_show_their_counts_and_why_columns_are_blank():
+    """A third-party reader may give one input shape fewer images than another: the
+    table then shows each model's image count, and one line under it says why flips
+    and p are blank; the JSON says the same."""
+    labels = [0, 1, 2, 0, 1, 2]
+    result = Evaluation(dataset=Path("ds"), reader="custom", classes=["a", "b", "c"])
+    result.scores = [
+        score("full.onnx", [0, 1, 2, 0, 1, 2], labels),
+        score("same.onnx", [0, 1, 2, 0, 1, 0], labels),
+        score("fewer.onnx", [0, 1, 2, 0], labels[:4]),
+    ]
+    lines = result.to_text().splitlines()
+    assert lines[0].startswith("4 to 6 images, 3 classes in ds")
+    assert lines[1].split()[:4] == ["model", "images", "top-1", "top-5"]
+    assert lines[2].split()[:2] == ["full.onnx", "6"]
+    same = ["same.onnx", "6", "83.33%", "100.00%", "-16.67", "+0.00", "1", "1.00"]
+    assert lines[3].split() == same
+    assert lines[4].split() == ["fewer.onnx", "4", "100.00%", "100.00%", "+0.00", "+0.00"]
+    assert len(lines) == 6 and "fewer.onnx" in lines[5] and "flips and p" in lines[5]
+    report = result.to_dict()
+    assert report["images"] is None and report["note"] == lines[5]
+    assert [m["images"] for m in report["models"]] == [6, 6, 4]
+    assert "top1_flips" not in report["models"][2] and "top1_p" not in report["models"][2]
+
+
+def test_an_empty_class_folder_is_warned_about_once(work):
+    (work / "ds" / "3_gray").mkdir()
+    classifier(work / "small.onnx", classes=4, size=8)
+    classifier(work / "large.onnx", classes=4, size=16)
+    # Two input sizes read the folder twice; the warning comes once.
+    result = run("-q", "evaluate", "small.onnx", "large.onnx", "-d", "ds", *NO_NORM, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["classes"][-1] == "3_gray"
+    assert [m["images"] for m in json.loads(result.stdout)["models"]] == [12, 12]
+    warnings = [line for line in result.stderr.splitlines() if "3_gray" in line]
+    assert len(warnings) == 1 and "warning" in warnings[0] and "no images" in warnings[0]
+    assert "in ds" in warnings[0]
+
+
+def test_a_dataset_whose_class_folders_are_all_empty(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds" / "cat").mkdir(parents=True)
+    (tmp_path / "ds" / "dog").mkdir()
+    color_classifier(tmp_path / "right.onnx")
+    result = run("-q", "evaluate", "right.onnx", "-d", "ds", *NO_NORM)
+    assert result.exit_code == 2
+    error = result.stderr.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert "ds has 2 class sub-folder(s) but no files" in error and "test images" in error
+    assert "calibration" not in error
+
+
+def features_first_classifier(path: Path, features: int = 8) -> Path:
+    """A color classifier whose first output is a ``[N, features]`` feature vector and
+    whose second output is the 3 class scores."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["image"], ["gap"]),
+            helper.make_node("Flatten", ["gap"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "f", "fb"], ["features"], transB=1),
+            helper.make_node("Gemm", ["flat", "w", "b"], ["scores"], transB=1),
+        ],
+        "features_first",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", features]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3]),
+        ],
+        initializer=[
+            numpy_helper.from_array(rng.normal(0, 1, (features, 3)).astype(np.float32), "f"),
+            numpy_helper.from_array(np.arange(features, dtype=np.float32), "fb"),
+            numpy_helper.from_array(np.eye(3, dtype=np.float32), "w"),
+            numpy_helper.from_array(np.zeros(3, np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_first_output_with_more_scores_than_classes_is_warned_about(work):
+    features_first_classifier(work / "features.onnx")
+    result = run("-q", "evaluate", "right.onnx", "features.onnx", "-d", "ds", *NO_NORM)
+    assert result.exit_code == 0, result.stderr
+    warning = result.stderr.strip()
+    assert len(warning.splitlines()) == 1 and "warning" in warning
+    assert "features.onnx" in warning and "'features' [N,8]" in warning
+    assert "3 classes" in warning and "'scores'" in warning
+    # A model with exactly one score per class is not warned about.
+    assert run("-q", "evaluate", "right.onnx", "-d", "ds", *NO_NORM).stderr == ""
 
 
 @pytest.mark.skipif(

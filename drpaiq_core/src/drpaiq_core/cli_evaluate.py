@@ -45,7 +45,8 @@ class EvaluateCommand(ReferenceCommand):
     type=click.IntRange(min=1),
     default=32,
     show_default=True,
-    help="Images per batch (models with a fixed batch size use theirs).",
+    help="Images per batch (a model with a fixed batch size runs in batches of its size; "
+    "a short last batch is filled up, so every model scores every image).",
 )
 @click.option(
     "--size-limit",

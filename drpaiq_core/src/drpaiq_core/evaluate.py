@@ -3,15 +3,20 @@
 The folder holds one sub-folder per class; their sorted names give the class indices,
 as in torchvision's ImageFolder and the reference tool's accuracy script. Each model
 runs in its own ONNX Runtime session; images are decoded once and every model whose
-input has the same shape is run on each batch, so comparing an FP32 model with its
-INT8 version costs one pass over the images.
+input has the same shape (batch axis aside) is run on each batch, so comparing an FP32
+model with its INT8 version costs one pass over the images.
+
+A model with a fixed batch size runs in batches of its size; the last one is filled up
+with copies of its last image, whose results are dropped, so that every model scores
+every image and the paired columns (flips, p) compare the same images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +47,8 @@ class ModelScore:
     :ivar predictions: the best class of every image, in the reader's order (one small
         integer per image, for comparing models image by image).
     :ivar hits: whether that best class is the label, image by image.
+    :ivar outputs: scores per image in the model's first output.
+    :ivar unlabeled: images whose best class is an index that no class folder has.
     """
 
     model: Path
@@ -50,6 +57,8 @@ class ModelScore:
     total: int = 0
     predictions: list[np.ndarray] = field(default_factory=list, repr=False)
     hits: list[np.ndarray] = field(default_factory=list, repr=False)
+    outputs: int = 0
+    unlabeled: int = 0
 
     def flips(self, base: ModelScore) -> int | None:
         """Images whose best class differs from ``base``'s (how closely this model, an
@@ -111,9 +120,32 @@ class Evaluation:
     scores: list[ModelScore] = field(default_factory=list)
 
     @property
-    def images(self) -> int:
-        """Images evaluated (the same for every model)."""
+    def same_images(self) -> bool:
+        """Whether every model scored the same number of images (always so with the
+        built-in readers; a third-party reader may yield different images per input
+        shape)."""
+        return len({score.total for score in self.scores}) <= 1
+
+    @property
+    def images(self) -> int | None:
+        """Images evaluated, the same for every model; None when the models saw
+        different numbers of images (see each score's ``total``)."""
+        if not self.same_images:
+            return None
         return self.scores[0].total if self.scores else 0
+
+    def note(self) -> str | None:
+        """The line under the table when models saw different images: why their
+        paired columns are blank; None otherwise."""
+        if self.same_images:
+            return None
+        base = self.scores[0]
+        others = [s.model.name for s in self.scores[1:] if s.total != base.total]
+        return (
+            f"{', '.join(others)} scored other images than {base.model.name} "
+            f"({base.total}): flips and p need the same images and are left blank, and "
+            "their deltas compare different images"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; accuracies and deltas in percent (points)."""
@@ -140,46 +172,101 @@ class Evaluation:
                     row["top1_right_only"], row["top1_right_only_first"] = paired
                     row["top1_p"] = round(mcnemar_p(*paired), 4)
             rows.append(row)
-        return {
+        result = {
             "dataset": str(self.dataset),
             "reader": self.reader,
             "classes": self.classes,
             "images": self.images,
             "models": rows,
         }
+        note = self.note()
+        if note is not None:
+            result["note"] = note
+        return result
 
     def to_text(self) -> str:
         """A table: model, top-1, top-5, the deltas to the first model (points), the
         flips (images whose top-1 class differs from the first model's) and ``p``, the
-        McNemar p-value of the top-1 difference (see :func:`mcnemar_p`)."""
-        header = ("model", "top-1", "top-5", "delta top-1", "delta top-5", "flips", "p")
+        McNemar p-value of the top-1 difference (see :func:`mcnemar_p`). When the
+        models saw different numbers of images, an ``images`` column shows each
+        model's and a line under the table says why flips and p are blank."""
+        same = self.same_images
+        header = ["model", "top-1", "top-5", "delta top-1", "delta top-5", "flips", "p"]
+        if not same:
+            header.insert(1, "images")
         table = [header]
         for row in self.to_dict()["models"]:
-            table.append(
-                (
-                    row["model"],
-                    f"{row['top1']:.2f}%",
-                    f"{row['top5']:.2f}%",
-                    f"{row['delta_top1']:+.2f}" if "delta_top1" in row else "",
-                    f"{row['delta_top5']:+.2f}" if "delta_top5" in row else "",
-                    str(row["top1_flips"]) if "top1_flips" in row else "",
-                    f"{row['top1_p']:.2f}" if "top1_p" in row else "",
-                )
-            )
+            cells = [
+                f"{row['top1']:.2f}%",
+                f"{row['top5']:.2f}%",
+                f"{row['delta_top1']:+.2f}" if "delta_top1" in row else "",
+                f"{row['delta_top5']:+.2f}" if "delta_top5" in row else "",
+                str(row["top1_flips"]) if "top1_flips" in row else "",
+                f"{row['top1_p']:.2f}" if "top1_p" in row else "",
+            ]
+            table.append([row["model"], *([] if same else [str(row["images"])]), *cells])
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        totals = sorted({score.total for score in self.scores})
+        count = f"{self.images}" if same else f"{totals[0]} to {totals[-1]}"
         lines = [
-            f"{self.images} images, {len(self.classes)} classes in {self.dataset} "
-            f"(reader {self.reader})"
+            f"{count} images, {len(self.classes)} classes in {self.dataset} (reader {self.reader})"
         ]
         for r in table:
-            cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-            lines.append("  ".join(cells).rstrip())
+            line = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+            lines.append("  ".join(line).rstrip())
+        note = self.note()
+        if note is not None:
+            lines.append(note)
         return "\n".join(lines)
 
 
 def _signature(inputs: Sequence[InputSpec]) -> tuple[Any, ...]:
-    # Models whose inputs agree in everything but their names share decoded images.
-    return tuple((tuple(spec.shape), spec.dtype.str) for spec in inputs)
+    # Models whose inputs agree in everything but their names and batch sizes share
+    # decoded images; each model runs them in batches of its own size.
+    return tuple((tuple(spec.shape[1:]), spec.dtype.str) for spec in inputs)
+
+
+def fixed_batch(inputs: Sequence[InputSpec]) -> int | None:
+    """The batch size the model's first input fixes, or None if its batch axis is dynamic."""
+    shape = tuple(inputs[0].shape) if inputs else ()
+    return int(shape[0]) if shape and shape[0] is not None else None
+
+
+def _any_batch(inputs: Sequence[InputSpec]) -> list[InputSpec]:
+    """``inputs`` with a dynamic batch axis: the reader then yields every image, the
+    last batch short, where for a fixed batch size it would leave the rest out."""
+    return [
+        dataclasses.replace(spec, shape=(None, *spec.shape[1:])) if spec.shape else spec
+        for spec in inputs
+    ]
+
+
+def reader_batch_size(batch_size: int, fixed: Sequence[int]) -> int:
+    """Images per decoded batch for models with the fixed batch sizes ``fixed`` (and
+    any dynamic ones): ``batch_size`` rounded up to a multiple of every fixed size, so
+    that only the very last batch needs filling up. When that multiple would be more
+    than four times the largest of them, the largest is used (models whose size does
+    not divide it then fill up the last part of every batch)."""
+    if not fixed:
+        return batch_size
+    largest = max(batch_size, *fixed)
+    step = math.lcm(*fixed)
+    rounded = step * math.ceil(batch_size / step)
+    return rounded if rounded <= 4 * largest else largest
+
+
+def _once(warn: Callable[[str], None]) -> Callable[[str], None]:
+    """``warn`` that passes each message on once: models with different input shapes
+    read the folder each, and the reader's warnings (an empty class folder, an
+    unreadable image) need saying only once."""
+    seen: set[str] = set()
+
+    def warn_once(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            warn(message)
+
+    return warn_once
 
 
 def _session(path: Path) -> Any:
@@ -230,21 +317,24 @@ def evaluate(
 
     result = Evaluation(dataset=dataset, reader=reader)
     result.scores = [ModelScore(path) for path, _ in loaded]
+    warn = _once(warn_user)
     for members in groups.values():
         first_path, first_inputs = loaded[members[0]]
+        batches = {i: fixed_batch(loaded[i][1]) for i in members}
+        inputs = _any_batch(first_inputs)
         context = ReaderContext(
             dataset=dataset,
             model_path=first_path,
-            inputs=first_inputs,
+            inputs=inputs,
             norm_mean=norm_mean,
             norm_std=norm_std,
             size_limit=size_limit,
-            batch_size=batch_size,
+            batch_size=reader_batch_size(batch_size, [b for b in batches.values() if b]),
             input_shape=input_shape,
             labeled=True,
-            warn=warn_user,
+            warn=warn,
         )
-        data = ValidatingReader(make_reader(host, reader, context), first_inputs)
+        data = ValidatingReader(make_reader(host, reader, context), inputs)
         result.classes = list(getattr(data, "class_names", []) or [])
         sessions = [_session(loaded[i][0]) for i in members]
         label = f"evaluating {len(members)} models" if len(members) > 1 else "evaluating"
@@ -255,16 +345,42 @@ def evaluate(
                 labels = np.asarray(batch.labels)
                 feeds_in_order = [batch.feeds[spec.name] for spec in first_inputs]
                 for index, session in zip(members, sessions):
-                    path, inputs = loaded[index]
-                    feeds = {spec.name: v for spec, v in zip(inputs, feeds_in_order)}
-                    _score(result.scores[index], session, feeds, labels, len(result.classes))
+                    feeds = {spec.name: v for spec, v in zip(loaded[index][1], feeds_in_order)}
+                    logits = _class_scores(result.scores[index], session, feeds, batches[index])
+                    _tally(result.scores[index], logits, labels, len(result.classes))
                 bar.advance(len(labels))
+        for index, session in zip(members, sessions):
+            _warn_extra_scores(result.scores[index], session, len(result.classes))
     return result
 
 
-def _score(
-    score: ModelScore, session: Any, feeds: dict[str, np.ndarray], labels: np.ndarray, classes: int
-) -> None:
+def _class_scores(
+    score: ModelScore, session: Any, feeds: dict[str, np.ndarray], fixed: int | None
+) -> np.ndarray:
+    """The model's first output for the images in ``feeds``, as ``[images, scores]``.
+
+    A model with a fixed batch size runs in batches of that size; a short last batch
+    is filled up with copies of its last image, and their outputs are dropped.
+    """
+    count = next(iter(feeds.values())).shape[0]
+    step = fixed or count
+    parts = []
+    for start in range(0, count, step):
+        chunk = {name: value[start : start + step] for name, value in feeds.items()}
+        real = min(step, count - start)
+        if real < step:
+            chunk = {name: _fill_up(value, step) for name, value in chunk.items()}
+        parts.append(_run(score, session, chunk, step)[:real])
+    return np.concatenate(parts).reshape(count, -1)
+
+
+def _fill_up(value: np.ndarray, size: int) -> np.ndarray:
+    """``value`` with copies of its last sample appended up to ``size`` samples."""
+    return np.concatenate([value, np.repeat(value[-1:], size - value.shape[0], axis=0)])
+
+
+def _run(score: ModelScore, session: Any, feeds: dict[str, np.ndarray], count: int) -> np.ndarray:
+    """The first output for ``count`` images, checked to be one row of scores each."""
     output = session.get_outputs()[0].name
     try:
         logits = np.asarray(session.run([output], feeds)[0])
@@ -274,12 +390,17 @@ def _score(
             f"model {score.model}: ONNX Runtime failed on the evaluation images: {first}; check "
             "the layout (--nchw/--nhwc) and --input-shape"
         ) from None
-    if logits.ndim < 2 or logits.shape[0] != labels.shape[0]:
+    if logits.ndim < 2 or logits.shape[0] != count:
         raise UserError(
             f"model {score.model}: output {output!r} has shape {list(logits.shape)}; evaluate "
             "needs class scores of shape [N, classes]"
         )
-    logits = logits.reshape(logits.shape[0], -1)
+    return logits
+
+
+def _tally(score: ModelScore, logits: np.ndarray, labels: np.ndarray, classes: int) -> None:
+    """Add one batch's top-1/top-5 hits (``logits`` is ``[images, scores]``) to ``score``."""
+    score.outputs = logits.shape[1]
     if logits.shape[1] < classes:
         raise UserError(
             f"model {score.model} scores {logits.shape[1]} classes but the dataset has "
@@ -293,3 +414,33 @@ def _score(
     score.top1 += int(np.count_nonzero(hits))
     score.top5 += int(np.sum(np.any(order == labels[:, None], axis=1)))
     score.total += int(labels.shape[0])
+    score.unlabeled += int(np.count_nonzero(order[:, 0] >= classes))
+
+
+def _warn_extra_scores(score: ModelScore, session: Any, classes: int) -> None:
+    """Warn when the model's first output has more scores than the folder has classes:
+    it may not be the class scores at all (features, or another output first), or the
+    folder's classes may not be the model's first ones. Top-1 answers beyond the
+    classes can never match a label; the warning counts them."""
+    if score.outputs <= classes:
+        return
+    outputs = session.get_outputs()
+    first = outputs[0]
+    fitting = [o.name for o in outputs[1:] if o.shape and o.shape[-1] == classes]
+    hint = (
+        f"its output {fitting[0]!r} has {classes}: export it as the first output"
+        if fitting
+        else "evaluate needs the class scores, in the order of the sorted class folders, "
+        "as the first output"
+    )
+    log.warning(
+        f"model {score.model}: first output {first.name!r} {_shape_text(first.shape)} has "
+        f"{score.outputs} scores per image but the dataset has {classes} classes, so only "
+        f"scores 0-{classes - 1} can match a label (the top-1 was a higher index for "
+        f"{score.unlabeled} of {score.total} images); {hint}"
+    )
+
+
+def _shape_text(shape: Sequence[Any]) -> str:
+    """``[N,128]``-style text of an ONNX Runtime output shape (names for dynamic axes)."""
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"

@@ -221,7 +221,7 @@ class ImageFolderReader(Reader):
         if not self.context.labeled:
             files = walk_files(folder, extensions)
             if not files:
-                self._no_images(folder, extensions)
+                self._no_images(folder, extensions, "put calibration images (JPG/PNG/BMP) in it")
             return files, [], []
         classes = sorted(
             p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
@@ -241,14 +241,39 @@ class ImageFolderReader(Reader):
                     files.append(found[rank])
                     labels.append(index)
         if not files:
-            self._no_images(folder, extensions)
+            self._no_images(
+                folder,
+                extensions,
+                "put the test images (JPG/PNG/BMP) in them, each in the sub-folder of its class",
+                empty=f"has {len(classes)} class sub-folder(s) but no files in any",
+            )
+        self._warn_empty_classes(folder, classes, per_class)
         return files, labels, classes
 
+    def _warn_empty_classes(
+        self, folder: Path, classes: list[str], per_class: list[list[Path]]
+    ) -> None:
+        """Warn about class folders without images: they still take a class index (the
+        sorted folder names give the indices) but no image tests them."""
+        empty = [name for name, found in zip(classes, per_class) if not found]
+        if not empty:
+            return
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        self.context.warn(
+            f"{len(empty)} class folder(s) in {folder} have no images: {shown}; each still "
+            "counts as a class (the sorted folder names give the class indices) but no image "
+            "tests it; add images or remove the folder if it is not a class"
+        )
+
     @staticmethod
-    def _no_images(folder: Path, extensions: frozenset[str]) -> None:
+    def _no_images(
+        folder: Path, extensions: frozenset[str], fix: str, *, empty: str = "is empty"
+    ) -> None:
+        """Raise the error for a folder without images: ``empty`` says what was found
+        when it holds no files at all, ``fix`` what to put where."""
         others = walk_files(folder, None)
         if not others:
-            raise UserError(f"folder {folder} is empty; put calibration images (JPG/PNG/BMP) in it")
+            raise UserError(f"folder {folder} {empty}; {fix}")
         shown = ", ".join(p.name for p in others[:3]) + (", ..." if len(others) > 3 else "")
         raise UserError(
             f"folder {folder} has no image files ({len(others)} other file(s): {shown}); "
