@@ -265,14 +265,15 @@ def test_a_bad_value_on_the_command_line_is_one_line(tmp_path, monkeypatch):
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, result.stderr
-    assert "bias_correction must be True or False; got 'maybe'" in errors[0]
+    assert "bias_correction must be True or False" in errors[0]
+    assert errors[0].endswith("got 'maybe'")
     assert not (tmp_path / "q.onnx").exists()
 
 
 def test_a_bad_value_from_python_is_a_user_error(tmp_path):
     fp32 = tmp_path / "m.onnx"
     onnx.save(conv_model(), str(fp32))
-    with pytest.raises(UserError, match="bias_correction must be True or False; got 'maybe'"):
+    with pytest.raises(UserError, match=r"bias_correction must be True or False .*got 'maybe'"):
         quantize_interface(str(fp32), str(tmp_path / "q.onnx"), ListReader([]),
                            bias_correction="maybe")  # fmt: skip
     # A config built by hand is checked before any work, too.

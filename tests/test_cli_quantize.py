@@ -196,6 +196,85 @@ def test_advanced_options_after_all_options(workdir):
             assert not onnx.numpy_helper.to_array(init).any(), init.name
 
 
+def error_line(result) -> str:
+    """The one error line of a run that failed as a user's mistake (exit code 2)."""
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("drpaiq: error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        "activation_zeropoint True activation_symmetric True",
+        "activation_symmetric True activation_zeropoint True",
+        "activation_symmetric False activation_zeropoint False",
+        "activation_zeropoint False activation_symmetric False",
+        "--activation-symmetric activation_zeropoint True",
+        "--activation-type int8 activation_type QUInt8",
+    ],
+)
+def test_contradicting_options_fail_in_either_order(workdir, pair):
+    line = error_line(manual(f"modA_resnet18.onnx -o q.onnx {pair}"))
+    assert "contradicts" in line and "give only one" in line
+    assert not (workdir / "q.onnx").exists()
+
+
+def test_consistent_symmetry_options_are_fine(workdir):
+    result = manual(
+        "modA_resnet18.onnx -o q.onnx activation_zeropoint False activation_symmetric True"
+    )
+    assert result.exit_code == 0, result.stderr
+    model = onnx.load(str(workdir / "q.onnx"))
+    zero_points = [i for i in model.graph.initializer if "zero_point" in i.name]
+    assert zero_points and not any(onnx.numpy_helper.to_array(i).any() for i in zero_points)
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        "modA_resnet18.onnx -o a.onnx --output_model_path b.onnx",
+        "modA_resnet18.onnx --output a.onnx -o b.onnx",
+        "--input_model_path modA_resnet18.onnx --input_model_path modB_resnet18.onnx -o a.onnx",
+    ],
+)
+def test_two_different_paths_for_one_file_are_refused(workdir, paths):
+    line = error_line(manual(paths))
+    first, second = (("a.onnx", "b.onnx") if "b.onnx" in paths else
+                     ("modA_resnet18.onnx", "modB_resnet18.onnx"))  # fmt: skip
+    assert f"{first} and {second}" in line and "give one" in line
+    assert not (workdir / "a.onnx").exists()
+
+
+def test_one_path_given_under_two_spellings_is_fine(workdir):
+    result = manual("modA_resnet18.onnx -o q.onnx --output_model_path ./q.onnx")
+    assert result.exit_code == 0, result.stderr
+    assert qdq_count(workdir / "q.onnx") > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "parts"),
+    [
+        (
+            "-cm Entropy num_bins 128",
+            ("2 x num_quantized_bins = 256", "raise num_bins", "2048", "num_quantized_bins to"),
+        ),
+        (
+            "-cm Entropy num_bins 512 num_quantized_bins 1024",
+            ("2 x num_quantized_bins = 2048", "lower num_quantized_bins to 256"),
+        ),
+        ("-cm Entropy num_bins 0", ("at least 16", "2 x num_quantized_bins", "2048")),
+        ("-cm Percentile num_bins 100000", ("Percentile", "65536", "2048")),
+    ],
+)
+def test_num_bins_errors_say_why_and_how_to_fix(workdir, options, parts):
+    line = error_line(manual(f"modA_resnet18.onnx -o q.onnx {options}"))
+    for part in parts:
+        assert part in line, (part, line)
+
+
 def test_preprocessing_flags(workdir):
     kept = workdir / "pre.onnx"
     result = manual(f"modA_resnet18.onnx -o q.onnx -ppm default -pmo {kept}")

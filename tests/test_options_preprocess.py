@@ -22,8 +22,11 @@ from drpaiq_core.options import (
     apply_advanced,
     known_option_names,
     parse_advanced,
+    parse_bool,
+    parse_count,
     parse_name_list,
     parse_number_list,
+    parse_path,
     parse_shape,
     plugin_options,
 )
@@ -75,6 +78,25 @@ def test_shapes_and_names():
     assert parse_name_list("Softplus, Tanh,,") == ("Softplus", "Tanh")
     assert parse_name_list(["a,b", "c"]) == ("a", "b", "c")
     assert parse_name_list(None) == ()
+    with pytest.raises(UserError, match=r"node_to_exclude must be names .* got 5 \(int\)"):
+        parse_name_list(5, "node_to_exclude")
+    with pytest.raises(UserError, match="input_shape must be whole numbers"):
+        parse_shape(object(), "input_shape")
+
+
+def test_counts_paths_and_booleans():
+    assert parse_count("12", "size_limit", minimum=0, meaning="samples") == 12
+    assert parse_count(np.int64(3), "batch_size", minimum=1, meaning="per batch") == 3
+    for bad in ("ten", 2.5, True, -1, None):
+        with pytest.raises(UserError, match="size_limit must be a whole number, at least 0"):
+            parse_count(bad, "size_limit", minimum=0, meaning="samples")
+    assert parse_path(Path("a"), "summary_json") == Path("a")
+    assert parse_path("", "summary_json") is None
+    with pytest.raises(UserError, match="summary_json must be a path"):
+        parse_path(3.5, "summary_json")
+    assert parse_bool("FALSE", "quiet") is False and parse_bool("on", "quiet") is True
+    with pytest.raises(UserError, match="quiet must be True or False"):
+        parse_bool("False-ish", "quiet")
 
 
 # -- advanced options ------------------------------------------------------------------
@@ -113,6 +135,43 @@ def test_contradictions_are_refused():
         apply_advanced(config, parse_advanced([("activation_zeropoint", "True")]))
     config = QuantizeConfig(Path("m.onnx"), Path("q.onnx"), activation_symmetric=True)
     apply_advanced(config, parse_advanced([("activation_zeropoint", "False")]))  # agrees
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("activation_zeropoint", "True"), ("activation_symmetric", "True")],
+        [("activation_symmetric", "True"), ("activation_zeropoint", "True")],
+        [("activation_symmetric", "False"), ("activation_zeropoint", "False")],
+        [("activation_zeropoint", "False"), ("activation_symmetric", "False")],
+    ],
+)
+def test_contradicting_advanced_options_in_either_order(pairs):
+    config = QuantizeConfig(Path("m.onnx"), Path("q.onnx"))
+    with pytest.raises(UserError) as err:
+        apply_advanced(config, parse_advanced(pairs))
+    message = str(err.value)
+    for key, value in pairs:
+        assert f"{key} {value}" in message
+    assert "symmetric activations" in message and "asymmetric activations" in message
+
+
+def test_consistent_advanced_options_agree():
+    config = QuantizeConfig(Path("m.onnx"), Path("q.onnx"))
+    apply_advanced(
+        config, parse_advanced([("activation_zeropoint", "False"), ("activation_symmetric", "1")])
+    )
+    assert config.activation_symmetric is True
+
+
+def test_a_flag_given_at_its_default_still_counts():
+    config = QuantizeConfig(Path("m.onnx"), Path("q.onnx"))
+    with pytest.raises(UserError, match="contradicts --activation-type"):
+        apply_advanced(
+            config,
+            parse_advanced([("activation_type", "QUInt8")]),
+            {"activation_type": "--activation-type"},
+        )
 
 
 def test_unknown_option_lists_the_known_ones():
@@ -291,14 +350,28 @@ def test_preprocess_does_not_import_pytorch(tmp_path):
 
 
 def test_failure_gives_the_reference_message(tmp_path):
+    # The step itself (the pipeline loads and checks the model before it).
     (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage that is not a protobuf model")
     with pytest.raises(UserError) as err:
-        do_preprocess(tmp_path / "broken.onnx", tmp_path / "pre.onnx")
+        preprocess_model(tmp_path / "broken.onnx", tmp_path / "pre.onnx")
     message = str(err.value)
     assert message.startswith(REFERENCE_FAILURE)
     assert "--skip_preprocess" in message and "skip_preprocess=True" in message
     assert "\n" not in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx"]  # no leftovers
+
+
+def test_do_preprocess_on_a_file_that_is_no_model_says_so(tmp_path):
+    # Skipping pre-processing would not help: the file is no model. do_preprocess loads
+    # the model first, as a quantize run does, and says that.
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage that is not a protobuf model")
+    for skip in (False, True):
+        with pytest.raises(UserError) as err:
+            do_preprocess(tmp_path / "broken.onnx", tmp_path / "pre.onnx", skip_preprocess=skip)
+        message = str(err.value)
+        assert "is not a readable ONNX file" in message and "\n" not in message
+        assert REFERENCE_FAILURE not in message and "skip_preprocess" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx"]
 
 
 def test_preprocess_refuses_to_overwrite_its_input(tmp_path):

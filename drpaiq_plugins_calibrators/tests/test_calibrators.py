@@ -237,7 +237,7 @@ def test_entropy_keeps_each_side_of_an_image_input() -> None:
 def test_too_few_bins_for_a_search_are_refused() -> None:
     # The reference's histogram of 128 bins for 128 levels leaves a single candidate,
     # so its "Entropy" is MinMax; drpaiq asks for at least two bins per level.
-    with pytest.raises(UserError, match="num_bins must be between 256"):
+    with pytest.raises(UserError, match="needs at least 2 x num_quantized_bins = 256"):
         EntropyCalibrator({"num_bins": "128", "num_quantized_bins": "128"})
     rng = np.random.default_rng(4)
     values = heavy_tailed(rng, 100_000)
@@ -279,7 +279,7 @@ def test_percentile_100_is_minmax_and_relu_keeps_zero() -> None:
     ("cls", "options", "message"),
     [
         (EntropyCalibrator, {"num_bins": "abc"}, "num_bins must be an integer"),
-        (EntropyCalibrator, {"num_bins": 200}, "num_bins must be between 256"),
+        (EntropyCalibrator, {"num_bins": 200}, "num_bins 200 is too few for Entropy"),
         (EntropyCalibrator, {"num_quantized_bins": 1}, "num_quantized_bins must be between 2"),
         (EntropyCalibrator, {"num_bins": True}, "num_bins must be an integer"),
         (PercentileCalibrator, {"percentile_value": "high"}, "percentile_value must be a number"),

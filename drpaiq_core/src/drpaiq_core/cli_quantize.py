@@ -34,7 +34,7 @@ from drpaiq_core.options import (
     known_option_names,
     parse_advanced,
     parse_name_list,
-    parse_number_list,
+    parse_norm,
     parse_shape,
     plugin_options,
 )
@@ -242,15 +242,20 @@ def _side_output(path: Path, flag: str, model: Path, output: Path) -> None:
 
 
 def _norm(value: str | None, flag: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    numbers = parse_number_list(value, flag)
-    if len(numbers) != 3:
+    """``--norm_mean``/``--norm_std``: three finite numbers, or None (kept for
+    ``drpaiq evaluate``, which reads them the same way)."""
+    return parse_norm(value, flag)
+
+
+def _one_path(values: tuple[str, ...], what: str, flags: str) -> str | None:
+    """The one path an option given several times (under any of its spellings) names;
+    different paths are a :class:`UserError` naming them all."""
+    distinct = list(dict.fromkeys(values))
+    if len({Path(v) for v in distinct}) > 1:
         raise UserError(
-            f"{flag} must be 3 numbers (R,G,B), one per channel; got {len(numbers)}: "
-            f"{', '.join(f'{v:g}' for v in numbers)}"
+            f"two {what} paths given: {' and '.join(distinct)} (through {flags}); give one"
         )
-    return numbers
+    return distinct[0] if distinct else None
 
 
 def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[str, str]]) -> Any:
@@ -261,7 +266,9 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
     from drpaiq_core.preprocess import check_mode
     from drpaiq_core.write import check_output_path
 
-    model_arg, model_opt = params["model"], params["input_model_path"]
+    model_arg = params["model"]
+    model_opt = _one_path(params["input_model_path"], "input model", "--input_model_path")
+    output = _one_path(params["output"], "output model", "-o/--output/--output_model_path")
     if model_arg and model_opt and Path(model_arg) != Path(model_opt):
         raise UserError(
             f"two models given: {model_arg} and --input_model_path {model_opt}; give one"
@@ -272,9 +279,9 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
             "no model given: drpaiq quantize MODEL -o OUT (or --input_model_path MODEL "
             "--output_model_path OUT)"
         )
-    if not params["output"]:
+    if not output:
         raise UserError("no output path given: add -o OUT.onnx (or --output_model_path OUT.onnx)")
-    input_path, output_path = Path(model), Path(params["output"])
+    input_path, output_path = Path(model), Path(output)
     _existing_file(input_path, "model", "the model path")
     check_output_path(output_path, (input_path,))
 
@@ -311,8 +318,8 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
         reader=state.reader,
         calibrate_dataset=Path(dataset) if dataset else None,
         calibrate_method=method,
-        norm_mean=_norm(params["norm_mean"], "--norm_mean"),
-        norm_std=_norm(params["norm_std"], "--norm_std"),
+        norm_mean=parse_norm(params["norm_mean"], "--norm_mean"),
+        norm_std=parse_norm(params["norm_std"], "--norm_std", nonzero=True),
         op_types_to_exclude=parse_name_list(params["operate_to_exclude"]),
         nodes_to_exclude=parse_name_list(params["node_to_exclude"]),
         pattern_file=Path(params["exclude_patterns"]) if params["exclude_patterns"] else None,
@@ -331,9 +338,9 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
         tvm=params["tvm"],
         datareader_path=datareader,
     )
-    if config.norm_std is not None and 0.0 in config.norm_std:
-        raise UserError("--norm_std must not contain 0 (it divides the pixels)")
-    apply_advanced(config, parse_advanced(advanced, lambda: plugin_options(host)))
+    apply_advanced(
+        config, parse_advanced(advanced, lambda: plugin_options(host)), _flags_given(params)
+    )
     if config.pattern_file is not None:
         _existing_file(config.pattern_file, "exclusion pattern file", "the pattern file path")
     if config.summary_json is not None:
@@ -341,6 +348,20 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
     if config.debug_dir is not None and not config.debug_dir.parent.resolve().is_dir():
         raise UserError(f"debug folder {config.debug_dir}: its parent folder does not exist")
     return config
+
+
+def _flags_given(params: dict[str, Any]) -> dict[str, str]:
+    """The config fields that drpaiq's own flags set on this command line, each with
+    its flag: an advanced option must not contradict them (see
+    :func:`~drpaiq_core.options.apply_advanced`)."""
+    flags = {
+        "pattern_file": ("exclude_patterns", "--exclude-patterns"),
+        "activation_type": ("activation_type", "--activation-type"),
+        "activation_symmetric": ("activation_symmetric", "--activation-symmetric"),
+        "per_channel": ("per_tensor", "--per-tensor"),
+        "debug_dir": ("debug_dir", "--debug-dir"),
+    }
+    return {field: flag for field, (param, flag) in flags.items() if params[param]}
 
 
 _ACTIVATION_TYPES = {"int8": "int8", "qint8": "int8", "uint8": "uint8", "quint8": "uint8"}
@@ -357,12 +378,19 @@ def _activation_type(ctx: click.Context, param: click.Parameter, value: str | No
 
 @click.command("quantize", cls=QuantizeCommand, context_settings={"show_default": True})
 @click.argument("model", required=False, metavar="[MODEL]")
-@click.option("--input_model_path", "input_model_path", metavar="PATH", help="FP32 ONNX model.")
+@click.option(
+    "--input_model_path",
+    "input_model_path",
+    multiple=True,
+    metavar="PATH",
+    help="FP32 ONNX model.",
+)
 @click.option(
     "--output_model_path",
     "-o",
     "--output",
     "output",
+    multiple=True,
     metavar="PATH",
     help="INT8 ONNX model to write.",
 )

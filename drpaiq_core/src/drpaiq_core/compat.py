@@ -32,8 +32,11 @@ from drpaiq_core.options import (
     apply_advanced,
     calibrator_name,
     parse_advanced,
+    parse_bool,
+    parse_count,
     parse_name_list,
-    parse_number_list,
+    parse_norm,
+    parse_path,
     parse_shape,
     plugin_options,
 )
@@ -140,9 +143,12 @@ def do_preprocess(
     :param kwargs: ``auto_merge``, ``int_max``, ``guess_output_rank`` for
         ``quant_pre_process``; other keys are an error.
     :returns: the path of the written model.
-    :raises UserError: "Pre-processing before quantization was Failed. ..." with the
-        advice to skip it, or a path problem.
+    :raises UserError: the input is not a model drpaiq can read (as in
+        :func:`~drpaiq_core.load.load_model`), "Pre-processing before quantization was
+        Failed. ..." with the advice to skip it, a path problem, or an argument of the
+        wrong type.
     """
+    from drpaiq_core.load import load_model
     from drpaiq_core.preprocess import PASS_THROUGH, check_mode, preprocess_model
 
     check_mode(preprocess_mode)
@@ -152,24 +158,27 @@ def do_preprocess(
             f"do_preprocess got unknown argument(s) {', '.join(unknown)}; known extra "
             f"arguments: {', '.join(PASS_THROUGH)}"
         )
-    source, target = Path(input_model_path), Path(preprocessed_model_output)
-    if skip_preprocess:
-        from drpaiq_core.load import load_model
+    source = _required_path(input_model_path, "input_model_path")
+    target = _required_path(preprocessed_model_output, "preprocessed_model_output")
+    steps = {
+        "symbolic_shape_inference": parse_bool(
+            do_symbolic_shape_inference, "do_symbolic_shape_inference"
+        ),
+        "onnx_shape_inference": parse_bool(do_onnx_shape_inference, "do_onnx_shape_inference"),
+        "optimization": parse_bool(do_optimization, "do_optimization"),
+    }
+    verbosity = parse_count(verbose, "verbose", minimum=0, meaning="0 = quiet")
+    # Loaded first, as a quantize run does: a file that is no model is reported as
+    # such, not as a pre-processing failure that skipping the step would not cure.
+    model = load_model(source)
+    if parse_bool(skip_preprocess, "skip_preprocess"):
         from drpaiq_core.write import check_output_path, write_model
 
-        model = load_model(source)
         check_output_path(target, (source,))
         write_model(model, target)
         return target
     return preprocess_model(
-        source,
-        target,
-        symbolic_shape_inference=do_symbolic_shape_inference,
-        onnx_shape_inference=do_onnx_shape_inference,
-        optimization=do_optimization,
-        mode=preprocess_mode,
-        verbose=verbose,
-        extra=kwargs,
+        source, target, **steps, mode=preprocess_mode, verbose=verbosity, extra=kwargs
     )
 
 
@@ -197,6 +206,20 @@ API_OPTIONS = (
 )
 
 
+#: ONNX Runtime's ``quantize_static`` keyword arguments, with drpaiq's spelling.
+ORT_SPELLINGS = {
+    "model_input": "the first argument, input_model_path",
+    "model_output": "the second argument, output_model_path",
+    "calibration_data_reader": "datareader=",
+    "nodes_to_exclude": "node_to_exclude=",
+    "op_types_to_exclude": "operate_to_exclude=",
+    "extra_options": (
+        "the advanced options as keyword arguments, e.g. "
+        "quantize_interface(..., activation_symmetric=True) or **{'ActivationSymmetric': True}"
+    ),
+}
+
+
 def build_config(
     input_model_path: str | os.PathLike[str],
     output_model_path: str | os.PathLike[str],
@@ -209,53 +232,116 @@ def build_config(
     **kwargs: Any,
 ) -> QuantizeConfig:
     """The :class:`~drpaiq_core.config.QuantizeConfig` :func:`quantize_interface`
-    runs with (the same arguments; ``host`` is asked for plugin-declared options)."""
+    runs with (the same arguments; ``host`` is asked for plugin-declared options).
+    Every argument is checked here: a wrong type or value is one :class:`UserError`
+    naming the argument, the value given and what is accepted."""
     from drpaiq_core.config import QuantizeConfig
 
     api = {key: kwargs.pop(key) for key in list(kwargs) if key in API_OPTIONS}
+    advanced = _advanced_options(kwargs, host)
+    config = QuantizeConfig(
+        input_model=_required_path(input_model_path, "input_model_path"),
+        output_model=_required_path(output_model_path, "output_model_path"),
+        reader=_reader_name(api.get("reader")),
+        reader_object=datareader,
+        calibrate_dataset=parse_path(api.get("calibrate_dataset"), "calibrate_dataset"),
+        calibrate_method=calibrator_name(calibrate_method),
+        norm_mean=parse_norm(api.get("norm_mean"), "norm_mean"),
+        norm_std=parse_norm(api.get("norm_std"), "norm_std", nonzero=True),
+        op_types_to_exclude=parse_name_list(operate_to_exclude, "operate_to_exclude"),
+        nodes_to_exclude=parse_name_list(node_to_exclude, "node_to_exclude"),
+        # The reference's quantize_interface quantizes the model it is given; its
+        # pre-processing is the separate do_preprocess step.
+        skip_preprocess=_flag(api, "skip_preprocess", default=True),
+        preprocess_mode=_preprocess_mode(api.get("preprocess_mode")),
+        preprocessed_model_output=parse_path(
+            api.get("preprocessed_model_output"), "preprocessed_model_output"
+        ),
+        size_limit=_count(api, "size_limit", 0, "the most calibration samples used, 0 = all"),
+        batch_size=_count(api, "batch_size", 1, "calibration samples per batch"),
+        input_shape=_input_shape(api.get("input_shape")),
+        debug_dir=parse_path(api.get("debug_dir"), "debug_dir"),
+        summary_json=parse_path(api.get("summary_json"), "summary_json"),
+        quiet=_flag(api, "quiet", default=False),
+        tvm=_flag(api, "tvm", default=False),
+        datareader_path=parse_path(api.get("datareader_path"), "datareader_path"),
+    )
+    sources = (config.calibrate_dataset, config.reader, config.tvm, config.datareader_path)
+    if datareader is None and not any(sources):
+        raise UserError(
+            "quantize_interface needs calibration data: pass datareader=NCHWDataReader(folder, "
+            "norm_mean, norm_std, model_path) (or calibrate_dataset=DIR with norm_mean/norm_std)"
+        )
+    apply_advanced(config, advanced)
+    return config
+
+
+def _advanced_options(kwargs: dict[str, Any], host: PluginHost | None) -> dict[str, str]:
+    """The keyword arguments that are advanced options, checked; an unknown key is a
+    :class:`UserError` listing the known ones, with drpaiq's spelling of ONNX Runtime's
+    ``quantize_static`` arguments."""
+    for key, value in kwargs.items():
+        if key in ORT_SPELLINGS:
+            instead = ORT_SPELLINGS[key]
+            if key == "extra_options" and isinstance(value, dict) and value:
+                instead = (
+                    "the advanced options as keyword arguments: "
+                    f"quantize_interface(..., **{value!r})"
+                )
+            raise UserError(
+                f"quantize_interface got {key}=, ONNX Runtime's spelling; drpaiq's "
+                f"quantize_interface takes {instead} (see docs/migration.md)"
+            )
     try:
-        advanced = parse_advanced(kwargs.items(), lambda: plugin_options(host or _host()))
+        return parse_advanced(kwargs.items(), lambda: plugin_options(host or _host()))
     except UnknownOptionError as exc:
         raise UserError(
             f"quantize_interface got unknown option {exc.key!r}; known advanced options: "
             f"{', '.join(exc.known)}; drpaiq options: {', '.join(API_OPTIONS)}"
         ) from None
-    if datareader is None and not any(
-        api.get(key) for key in ("calibrate_dataset", "reader", "tvm", "datareader_path")
-    ):
-        raise UserError(
-            "quantize_interface needs calibration data: pass datareader=NCHWDataReader(folder, "
-            "norm_mean, norm_std, model_path) (or calibrate_dataset=DIR with norm_mean/norm_std)"
-        )
-    config = QuantizeConfig(
-        input_model=Path(input_model_path),
-        output_model=Path(output_model_path),
-        reader=api.get("reader"),
-        reader_object=datareader,
-        calibrate_dataset=_path(api.get("calibrate_dataset")),
-        calibrate_method=calibrator_name(calibrate_method),
-        norm_mean=_numbers(api.get("norm_mean"), "norm_mean"),
-        norm_std=_numbers(api.get("norm_std"), "norm_std"),
-        op_types_to_exclude=parse_name_list(operate_to_exclude),
-        nodes_to_exclude=parse_name_list(node_to_exclude),
-        # The reference's quantize_interface quantizes the model it is given; its
-        # pre-processing is the separate do_preprocess step.
-        skip_preprocess=bool(api.get("skip_preprocess", True)),
-        preprocess_mode=str(api.get("preprocess_mode", "default")),
-        preprocessed_model_output=_path(api.get("preprocessed_model_output")),
-        size_limit=int(api.get("size_limit", 0) or 0),
-        batch_size=int(api.get("batch_size", 1) or 1),
-        input_shape=parse_shape(api["input_shape"]) if api.get("input_shape") else None,
-        debug_dir=_path(api.get("debug_dir")),
-        summary_json=_path(api.get("summary_json")),
-        quiet=bool(api.get("quiet", False)),
-        tvm=bool(api.get("tvm", False)),
-        datareader_path=_path(api.get("datareader_path")),
+
+
+def _required_path(value: Any, what: str) -> Path:
+    """A path argument that must be given."""
+    path = parse_path(value, what)
+    if path is None:
+        raise UserError(f"{what} is empty; give the path of an .onnx file")
+    return path
+
+
+def _flag(api: dict[str, Any], key: str, *, default: bool) -> bool:
+    """A boolean drpaiq option: True/False or their text, as the advanced options
+    take them; None means the default."""
+    value = api.get(key)
+    return default if value is None else parse_bool(value, key)
+
+
+def _count(api: dict[str, Any], key: str, default: int, meaning: str) -> int:
+    """A whole-number drpaiq option (at least ``default``); None means the default."""
+    value = api.get(key)
+    return default if value is None else parse_count(value, key, minimum=default, meaning=meaning)
+
+
+def _reader_name(value: Any) -> str | None:
+    """The ``reader=`` plugin name, or None."""
+    if value is None or isinstance(value, str):
+        return value or None
+    raise UserError(
+        f'reader must be a reader plugin\'s name such as "nchw_image" (pass reader objects '
+        f"as datareader=); got {value!r} ({type(value).__name__})"
     )
-    if config.size_limit < 0 or config.batch_size < 1:
-        raise UserError("size_limit must be >= 0 and batch_size >= 1")
-    apply_advanced(config, advanced)
-    return config
+
+
+def _preprocess_mode(value: Any) -> str:
+    """The ``preprocess_mode=`` value, checked."""
+    from drpaiq_core.preprocess import check_mode
+
+    return "default" if value is None else check_mode(value)
+
+
+def _input_shape(value: Any) -> tuple[int, ...] | None:
+    """The ``input_shape=`` value (``"1,3,224,224"`` or a sequence), or None."""
+    return None if value is None or value == "" else parse_shape(value, "input_shape")
 
 
 def quantize_interface(
@@ -301,11 +387,3 @@ def quantize_interface(
     from drpaiq_core.pipeline import quantize
 
     return quantize(config, host=host)
-
-
-def _path(value: Any) -> Path | None:
-    return None if value is None or value == "" else Path(value)
-
-
-def _numbers(value: Any, what: str) -> tuple[float, ...] | None:
-    return None if value is None else parse_number_list(value, what)

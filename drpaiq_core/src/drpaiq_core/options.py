@@ -17,6 +17,8 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from numbers import Integral
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,8 @@ class AdvancedOption:
     :ivar minimum: smallest accepted value (numbers).
     :ivar maximum: largest accepted value (numbers).
     :ivar field: the ``QuantizeConfig`` field the option sets, if any.
+    :ivar bounds: why ``minimum``/``maximum`` are what they are and what to give
+        instead; added to the error line of a value out of bounds.
     """
 
     name: str
@@ -47,6 +51,7 @@ class AdvancedOption:
     minimum: float | None = None
     maximum: float | None = None
     field: str | None = None
+    bounds: str = ""
 
 
 #: Every advanced option drpaiq knows, in documentation order.
@@ -95,6 +100,9 @@ ADVANCED_OPTIONS: tuple[AdvancedOption, ...] = (
         "histogram bins of Entropy/Percentile calibration (default 2048; Entropy needs at "
         "least 2 x num_quantized_bins)",
         minimum=16,
+        bounds="Entropy and Percentile calibration need at least 16 histogram bins per sign, "
+        "Entropy at least 2 x num_quantized_bins (256 by default); raise num_bins, or leave "
+        "it out for drpaiq's default of 2048 (not the DRP-AI Quantizer's 128)",
     ),
     AdvancedOption(
         "num_quantized_bins", "int", "quantized levels of the Entropy search", minimum=2
@@ -183,7 +191,10 @@ def parse_bool(value: Any, what: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise UserError(f"{what} must be True or False; got {value!r}")
+    raise UserError(
+        f"{what} must be True or False (as text also true/false, yes/no, on/off or 1/0, "
+        f"any case); got {value!r}"
+    )
 
 
 def quant_type_name(value: Any, what: str) -> str:
@@ -223,10 +234,11 @@ def canonical_value(option: AdvancedOption, value: Any) -> str:
         raise UserError(f"{what} must be {kind}; got {value!r}") from None
     if not math.isfinite(number):
         raise UserError(f"{what} must be finite; got {value!r}")
+    why = f" ({option.bounds})" if option.bounds else ""
     if option.minimum is not None and number < option.minimum:
-        raise UserError(f"{what} must be at least {option.minimum:g}; got {value!r}")
+        raise UserError(f"{what} must be at least {option.minimum:g}; got {value!r}{why}")
     if option.maximum is not None and number > option.maximum:
-        raise UserError(f"{what} must be at most {option.maximum:g}; got {value!r}")
+        raise UserError(f"{what} must be at most {option.maximum:g}; got {value!r}{why}")
     if option.name == "percentile_value" and number <= 50:
         raise UserError(f"{what} must be above 50; got {value!r}")
     return str(number)
@@ -262,11 +274,22 @@ def _field_value(option: AdvancedOption, value: str) -> Any:
     return value
 
 
-def apply_advanced(config: Any, options: Mapping[str, str]) -> None:
+def apply_advanced(
+    config: Any, options: Mapping[str, str], given: Mapping[str, str] | None = None
+) -> None:
     """Record ``options`` (from :func:`parse_advanced`) in ``config.options`` and set
-    the :class:`~drpaiq_core.config.QuantizeConfig` fields they stand for. An option
-    that contradicts a field the user already set otherwise is a :class:`UserError`."""
+    the :class:`~drpaiq_core.config.QuantizeConfig` fields they stand for.
+
+    Two options that set one field to different values are a :class:`UserError`,
+    whatever their order: an advanced option against a field the caller already set
+    (named in ``given``, or changed from its default), and two advanced options against
+    each other (``activation_zeropoint True activation_symmetric True``).
+
+    :param given: the fields the caller set explicitly, even to their default value,
+        each with the option that set it (``{"activation_type": "--activation-type"}``).
+    """
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    set_by: dict[str, str] = dict(given or {})
     for name, value in options.items():
         option = find_option(name)
         config.options[name if option is None else option.name] = value
@@ -274,12 +297,31 @@ def apply_advanced(config: Any, options: Mapping[str, str]) -> None:
             continue
         wanted = _field_value(option, value)
         current = getattr(config, option.field)
-        if current != defaults.get(option.field) and current != wanted:
-            raise UserError(
-                f"advanced option {option.name} {value} contradicts another option that set "
-                f"{option.field} to {current}; give only one"
-            )
+        if current != defaults.get(option.field):
+            set_by.setdefault(option.field, "another option")
+        if option.field in set_by and current != wanted:
+            raise UserError(_contradiction(option, value, set_by[option.field], current))
         setattr(config, option.field, wanted)
+        set_by[option.field] = f"advanced option {option.name} {value}"
+
+
+def _contradiction(option: AdvancedOption, value: str, other: str, current: Any) -> str:
+    """The error line of an advanced option that contradicts an earlier setting."""
+    if option.field == "activation_symmetric":
+        wanted = _field_value(option, value)
+        return (
+            f"advanced option {option.name} {value} ({_symmetry(wanted)}) contradicts "
+            f"{other} ({_symmetry(current)}); give only one of them"
+        )
+    return (
+        f"advanced option {option.name} {value} contradicts {other}, which set "
+        f"{option.field} to {current}; give only one of them"
+    )
+
+
+def _symmetry(symmetric: Any) -> str:
+    """What a value of ``activation_symmetric`` means, for error lines."""
+    return "symmetric activations" if symmetric else "asymmetric activations with a zero point"
 
 
 def option_bool(options: Mapping[str, str], name: str, default: bool) -> bool:
@@ -318,15 +360,71 @@ def parse_number_list(value: Any, what: str) -> tuple[float, ...]:
     return tuple(numbers)
 
 
-def parse_name_list(value: Any) -> tuple[str, ...]:
-    """Names from ``"Softplus,Tanh"`` or a sequence of names (each may hold commas)."""
+def parse_norm(value: Any, what: str, *, nonzero: bool = False) -> tuple[float, ...] | None:
+    """Three finite numbers (R, G, B) for ``norm_mean``/``norm_std`` (any form
+    :func:`parse_number_list` reads), or None when not given; ``nonzero`` refuses 0
+    (``norm_std`` divides the pixels)."""
+    if value is None:
+        return None
+    numbers = parse_number_list(value, what)
+    if len(numbers) != 3:
+        raise UserError(
+            f"{what} must be 3 numbers (R,G,B), one per channel; got {len(numbers)}: "
+            f"{', '.join(f'{v:g}' for v in numbers)}"
+        )
+    if not all(math.isfinite(v) for v in numbers):
+        raise UserError(
+            f"{what} must be finite numbers; got {', '.join(f'{v:g}' for v in numbers)}"
+        )
+    if nonzero and 0.0 in numbers:
+        raise UserError(f"{what} must not contain 0 (it divides the pixels)")
+    return numbers
+
+
+def parse_name_list(value: Any, what: str = "names") -> tuple[str, ...]:
+    """Names from ``"Softplus,Tanh"`` or a sequence of names (each may hold commas);
+    anything else (a number, a list of numbers) is a :class:`UserError`."""
     if value is None:
         return ()
-    items = [value] if isinstance(value, str) else list(value)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        items = [value]
+    else:
+        items = list(value)
     names: list[str] = []
     for item in items:
-        names.extend(part.strip() for part in str(item).split(",") if part.strip())
+        if not isinstance(item, str):
+            raise UserError(
+                f'{what} must be names as text, "A,B" or a list of strings like '
+                f'["A", "B"]; got {value!r} ({type(item).__name__})'
+            )
+        names.extend(part.strip() for part in item.split(",") if part.strip())
     return tuple(names)
+
+
+def parse_count(value: Any, what: str, *, minimum: int, meaning: str) -> int:
+    """A whole number of at least ``minimum`` from an int or its text (``"10"``); a
+    bool, a fraction or other text is a :class:`UserError` that says what ``what`` is
+    (``meaning``) and what it accepts."""
+    whole = isinstance(value, Integral) and not isinstance(value, bool)
+    text = isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value) is not None
+    number = int(value) if whole or text else None
+    if number is None or number < minimum:
+        raise UserError(
+            f"{what} must be a whole number, at least {minimum} ({meaning}); got {value!r}"
+        )
+    return number
+
+
+def parse_path(value: Any, what: str) -> Path | None:
+    """A path from text or an ``os.PathLike``; None or ``""`` when not given. Anything
+    else (a number, a list) is a :class:`UserError` naming ``what``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (str, PathLike)):
+        return Path(value)
+    raise UserError(
+        f"{what} must be a path (a string or pathlib.Path); got {value!r} ({type(value).__name__})"
+    )
 
 
 def parse_shape(value: Any, what: str = "--input-shape") -> tuple[int, ...]:
@@ -334,8 +432,10 @@ def parse_shape(value: Any, what: str = "--input-shape") -> tuple[int, ...]:
     if isinstance(value, str):
         text = re.sub(r"(?<=\d)\s*[xX]\s*(?=\d)", ",", value.strip().strip("[]()"))
         parts = [p for p in re.split(r"[\s,]+", text) if p]
-    else:
+    elif isinstance(value, Iterable):
         parts = [str(v) for v in value]
+    else:
+        parts = [str(value)]
     try:
         dims = tuple(int(p) for p in parts)
     except ValueError:
@@ -348,7 +448,13 @@ def parse_shape(value: Any, what: str = "--input-shape") -> tuple[int, ...]:
 def calibrator_name(value: Any) -> str:
     """A calibrator plugin name from a string (``MinMax``) or an enum member
     (drpaiq's or ONNX Runtime's ``CalibrationMethod``)."""
-    text = str(getattr(value, "name", value)).strip()
-    if not text:
+    text = getattr(value, "name", value)
+    if not isinstance(text, str):
+        raise UserError(
+            f'calibrate_method must be a calibrator\'s name ("MinMax", "Entropy", '
+            f'"Percentile") or a CalibrationMethod member; got {value!r} '
+            f"({type(value).__name__})"
+        )
+    if not text.strip():
         raise UserError("calibrate_method is empty; use MinMax, Entropy or Percentile")
-    return text.lower()
+    return text.strip().lower()

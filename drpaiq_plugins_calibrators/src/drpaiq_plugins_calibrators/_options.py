@@ -10,8 +10,12 @@ from typing import Any
 from drpaiq_core.errors import UserError
 
 
-def int_option(options: Mapping[str, Any], name: str, default: int, *, low: int, high: int) -> int:
-    """The integer option ``name`` (a number or a string of one), within ``[low, high]``."""
+def int_option(
+    options: Mapping[str, Any], name: str, default: int, *, low: int, high: int, why: str = ""
+) -> int:
+    """The integer option ``name`` (a number or a string of one), within ``[low, high]``;
+    ``why`` (the reason for the bounds and how to fix the value) ends the error line of
+    a value out of bounds."""
     raw = options.get(name, default)
     try:
         if isinstance(raw, bool):
@@ -22,7 +26,10 @@ def int_option(options: Mapping[str, Any], name: str, default: int, *, low: int,
             f"advanced option {name} must be an integer between {low} and {high}, got {raw!r}"
         ) from None
     if not low <= value <= high:
-        raise UserError(f"advanced option {name} must be between {low} and {high}, got {value}")
+        reason = f" ({why})" if why else ""
+        raise UserError(
+            f"advanced option {name} must be between {low} and {high}, got {value}{reason}"
+        )
     return value
 
 

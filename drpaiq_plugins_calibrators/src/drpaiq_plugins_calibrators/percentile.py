@@ -42,7 +42,14 @@ class PercentileCalibrator(histogram.HistogramCalibrator):
             self.options, "percentile_value", DEFAULT_PERCENTILE, above=50.0, at_most=100.0
         )
         self.num_bins = int_option(
-            self.options, "num_bins", DEFAULT_NUM_BINS, low=16, high=MAX_BINS
+            self.options,
+            "num_bins",
+            DEFAULT_NUM_BINS,
+            low=16,
+            high=MAX_BINS,
+            why="Percentile calibration cuts the tails at bin edges: fewer than 16 bins per "
+            "sign cut far from the percentile, and the histogram's memory grows with more; "
+            f"drpaiq's default is {DEFAULT_NUM_BINS}",
         )
 
     def compute(self, state: histogram.HistogramState) -> TensorRange:
