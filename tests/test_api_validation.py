@@ -5,6 +5,8 @@ either order."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 import pytest
 from drpaiq_core.compat import build_config, do_preprocess, quantize_interface
@@ -85,19 +87,23 @@ def test_numbers_as_text_are_accepted():
     assert build_config("m.onnx", "q.onnx", object(), size_limit=None).size_limit == 0
 
 
+def _quantize_folder(**kwargs: Any) -> None:
+    """quantize_interface on the work folder's model and images, plus ``kwargs``."""
+    settings: dict[str, Any] = {
+        "calibrate_dataset": "calibrate_images",
+        "norm_mean": [0.5] * 3,
+        "norm_std": [0.25] * 3,
+        "quiet": True,
+        **kwargs,
+    }
+    quantize_interface("m.onnx", "q.onnx", **settings)
+
+
 def test_wrong_types_through_quantize_interface_raise_no_traceback(workdir):
     # The sweep's reproduction: these raised ValueError/TypeError from inside a run.
     for kwargs in ({"size_limit": "ten"}, {"batch_size": "four"}, {"operate_to_exclude": 5}):
         with pytest.raises(UserError):
-            quantize_interface(
-                "m.onnx",
-                "q.onnx",
-                calibrate_dataset="calibrate_images",
-                norm_mean=[0.5] * 3,
-                norm_std=[0.25] * 3,
-                quiet=True,
-                **kwargs,
-            )
+            _quantize_folder(**kwargs)
     assert not (workdir / "q.onnx").exists()
 
 
@@ -114,16 +120,7 @@ def test_boolean_text_means_what_it_says(key, value, expected):
 
 
 def test_skip_preprocess_false_as_text_does_preprocess(workdir):
-    quantize_interface(
-        "m.onnx",
-        "q.onnx",
-        calibrate_dataset="calibrate_images",
-        norm_mean=[0.5] * 3,
-        norm_std=[0.25] * 3,
-        quiet="True",
-        skip_preprocess="False",
-        preprocessed_model_output="pre.onnx",
-    )
+    _quantize_folder(quiet="True", skip_preprocess="False", preprocessed_model_output="pre.onnx")
     assert onnx.load(str(workdir / "pre.onnx")).graph.node  # the step ran
     assert (workdir / "q.onnx").is_file()
 
