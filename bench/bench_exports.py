@@ -1,0 +1,404 @@
+"""drpaiq vs ONNX Runtime's quantize_static on small PyTorch exports of common CNNs.
+
+Each model of ``bench/export_models.py`` (a YOLO-like detector, a YOLOv5 head with box
+decoding, a DeepLab-like segmenter, an HRNet-like pose model, a MobileNetV3-like
+classifier, a Keras-style NHWC model, a pruned model and a few edge cases, all 64x64) is
+built in PyTorch with fixed seeds, exported with ``torch.onnx.export(dynamo=False)`` and
+quantized twice with the same calibration method and the same calibration images: by
+drpaiq (its Python API) and by ONNX Runtime (``quant_pre_process`` then
+``quantize_static``: QDQ, per-channel, QInt8 activations and weights). One table gives,
+per model and method, each INT8 model's SQNR against the FP32 model, their difference,
+each quantize wall time and how many nodes drpaiq left in float; a line follows for each
+row where drpaiq is more than 1 dB worse than ONNX Runtime.
+
+    python bench/bench_exports.py                       # all models, MinMax and Entropy
+    python bench/bench_exports.py --models yolo,pruned --methods MinMax
+    python bench/bench_exports.py --opset 17 --keep /tmp/exports   # keep every model
+
+SQNR = 10 log10(sum(fp32^2) / sum((fp32 - int8)^2)) over all outputs of the first 20
+images of ``samples/data/test`` (sorted, sub-folders included), which calibration never
+sees, concatenated; higher is better, and 6 dB is one bit. Calibration uses the first 40
+images of ``samples/data/calibrate``; both sets are read by drpaiq's own image reader
+(``nchw_image``, or ``nhwc_image`` for the NHWC model) at 64x64 with mean 0.5 and std
+0.25, and the same arrays measure the BatchNorm statistics, feed ONNX Runtime's
+calibration and the SQNR runs. The models are untrained (seeded random weights,
+BatchNorm statistics measured on those images, random BatchNorm gamma and beta), so
+SQNR, not accuracy, is what they can tell; they catch what breaks on real exports.
+
+Needs torch (``pip install torch==2.13.0``, as in ``samples/requirements-train.txt``),
+never needed by drpaiq itself. Quantize times exclude imports (one untimed run of each
+quantizer first). The float count is the summary's "left in float" nodes, without the
+integer shape arithmetic it counts apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from export_models import ExportModel
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIBRATE = ROOT / "samples" / "data" / "calibrate"
+TEST = ROOT / "samples" / "data" / "test"
+CALIBRATION_IMAGES = 40
+TEST_IMAGES = 20
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+#: A row is reported when drpaiq's SQNR is lower than ONNX Runtime's by more than this.
+WORSE_DB = 1.0
+TORCH = "torch==2.13.0"
+
+
+@dataclass
+class Result:
+    """One quantizer's run on one model: SQNR (dB), wall time (s), the error if it failed."""
+
+    sqnr: float = float("nan")
+    seconds: float = float("nan")
+    error: str = ""
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    model: str
+    method: str
+    drpaiq: Result
+    ort: Result
+    float_nodes: int | None = None
+
+    @property
+    def difference(self) -> float:
+        """drpaiq's SQNR minus ONNX Runtime's (dB; negative: drpaiq is worse)."""
+        return self.drpaiq.sqnr - self.ort.sqnr
+
+
+# -- Data ---------------------------------------------------------------------------
+
+
+def read_images(folder: Path, layout: str, size: int, limit: int) -> np.ndarray:
+    """The first ``limit`` images of ``folder`` as drpaiq's image reader prepares them
+    (sorted, recursive; resized to ``size`` x ``size``; (pixel/255 - MEAN) / STD), as
+    one float32 array in ``layout`` with the batch first."""
+    from drpaiq_core.plugin_api import InputSpec, ReaderContext
+    from drpaiq_core.plugins import get_plugin_host
+
+    shape = (1, size, size, 3) if layout == "NHWC" else (1, 3, size, size)
+    context = ReaderContext(
+        dataset=folder,
+        model_path=None,
+        inputs=[InputSpec("images", shape, np.dtype(np.float32))],
+        norm_mean=MEAN,
+        norm_std=STD,
+        size_limit=limit,
+        warn=lambda message: print(f"reader: {message}", file=sys.stderr),
+    )
+    reader = get_plugin_host().readers.get(reader_name(layout))(context)
+    return np.concatenate([batch.feeds["images"] for batch in reader.batches()])
+
+
+def reader_name(layout: str) -> str:
+    """drpaiq's image reader for an input layout."""
+    return "nhwc_image" if layout == "NHWC" else "nchw_image"
+
+
+# -- Measuring ----------------------------------------------------------------------
+
+
+def run_outputs(path: Path, images: np.ndarray) -> list[np.ndarray]:
+    """Every output of the model at ``path`` for each image (run one at a time, the
+    models having a batch of 1), each output's results concatenated."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    runs = [session.run(None, {"images": images[i : i + 1]}) for i in range(len(images))]
+    return [np.concatenate([run[k] for run in runs]) for k in range(len(runs[0]))]
+
+
+def sqnr(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) -> float:
+    """Signal-to-quantization-noise ratio (dB) over all outputs concatenated."""
+    signal = np.concatenate([r.astype(np.float64).ravel() for r in reference])
+    noisy = np.concatenate([q.astype(np.float64).ravel() for q in quantized])
+    noise = float(np.sum((signal - noisy) ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(float(np.sum(signal**2)) / noise))
+
+
+@contextlib.contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """Run the block with ``folder`` as the working directory: ONNX Runtime's symbolic
+    shape inference leaves ``sym_shape_infer_temp.onnx`` files in it when it fails."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+# -- Quantizing ---------------------------------------------------------------------
+
+
+def quantize_drpaiq(source: Path, out: Path, layout: str, method: str) -> tuple[float, int]:
+    """Quantize with drpaiq's Python API; the wall time (s) and the number of nodes
+    its summary lists as left in float."""
+    from drpaiq_core.config import QuantizeConfig
+    from drpaiq_core.pipeline import quantize
+    from drpaiq_core.select import NO_FLOAT_OUTPUT
+
+    start = time.perf_counter()
+    summary = quantize(
+        QuantizeConfig(
+            input_model=source,
+            output_model=out,
+            reader=reader_name(layout),
+            calibrate_dataset=CALIBRATE,
+            calibrate_method=method,
+            norm_mean=MEAN,
+            norm_std=STD,
+            size_limit=CALIBRATION_IMAGES,
+            summary_json=out.with_suffix(".json"),
+            quiet=True,
+        )
+    )
+    seconds = time.perf_counter() - start
+    left = sum(1 for _, why in summary.float_nodes.values() if why != NO_FLOAT_OUTPUT)
+    return seconds, left
+
+
+def quantize_ort(source: Path, out: Path, images: np.ndarray, method: str, scratch: Path) -> float:
+    """Quantize with ONNX Runtime (``quant_pre_process``, then ``quantize_static``: QDQ,
+    per-channel, QInt8 activations and weights), calibrating on ``images`` one at a
+    time; the wall time (s)."""
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter({"images": images[i : i + 1]} for i in range(len(images)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    start = time.perf_counter()
+    model = onnx.load(str(source))
+    # Below opset 13 ONNX Runtime writes per-channel DequantizeLinear (axis) anyway,
+    # an invalid model; hand it the model converted to 13, as drpaiq converts it.
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
+        source = scratch / f"{out.stem}_opset13.onnx"
+        onnx.save(version_converter.convert_version(model, 13), str(source))
+    pre = scratch / f"{out.stem}_pre.onnx"
+    quant_pre_process(str(source), str(pre))
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+        quantize_static(
+            str(pre),
+            str(out),
+            Feeds(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+        )
+    return time.perf_counter() - start
+
+
+def failure(exc: Exception) -> str:
+    """An exception in one line."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def bench_model(
+    spec: ExportModel, methods: Sequence[str], opset: int, folder: Path, scratch: Path
+) -> list[Row]:
+    """Build, export and quantize one model with each method; its table rows."""
+    from export_models import build, export
+
+    calibration = read_images(CALIBRATE, spec.layout, spec.size, CALIBRATION_IMAGES)
+    test = read_images(TEST, spec.layout, spec.size, TEST_IMAGES)
+    fp32 = folder / f"{spec.name}.onnx"
+    export(build(spec, calibration), calibration[:1], fp32, opset)
+    reference = run_outputs(fp32, test)
+    rows = []
+    for method in methods:
+        row = Row(spec.name, method, Result(), Result())
+        ours = folder / f"{spec.name}_{method}_drpaiq.onnx"
+        theirs = folder / f"{spec.name}_{method}_ort.onnx"
+        try:
+            row.drpaiq.seconds, row.float_nodes = quantize_drpaiq(fp32, ours, spec.layout, method)
+            row.drpaiq.sqnr = sqnr(reference, run_outputs(ours, test))
+        except Exception as exc:
+            row.drpaiq.error = failure(exc)
+        try:
+            row.ort.seconds = quantize_ort(fp32, theirs, calibration, method, scratch)
+            row.ort.sqnr = sqnr(reference, run_outputs(theirs, test))
+        except Exception as exc:
+            row.ort.error = failure(exc)
+        rows.append(row)
+    return rows
+
+
+def warm_up(spec: ExportModel, opset: int, scratch: Path) -> None:
+    """One untimed run of each quantizer, so that neither's time includes imports."""
+    folder = scratch / "warmup"
+    folder.mkdir()
+    bench_model(spec, ["MinMax"], opset, folder, scratch)
+
+
+# -- Reporting ----------------------------------------------------------------------
+
+COLUMNS = (
+    "model",
+    "method",
+    "drpaiq SQNR dB",
+    "ORT SQNR dB",
+    "difference dB",
+    "drpaiq s",
+    "ORT s",
+    "drpaiq float nodes",
+)
+
+
+def cells(row: Row) -> list[str]:
+    """The table cells of ``row``."""
+
+    def number(value: float, fmt: str) -> str:
+        # Adding 0.0 turns a -0.0 from rounding into 0.0, so that no "-0.00" is printed.
+        return "failed" if np.isnan(value) else format(round(value, 2) + 0.0, fmt)
+
+    return [
+        row.model,
+        row.method,
+        number(row.drpaiq.sqnr, ".2f"),
+        number(row.ort.sqnr, ".2f"),
+        number(row.difference, "+.2f"),
+        number(row.drpaiq.seconds, ".2f"),
+        number(row.ort.seconds, ".2f"),
+        "-" if row.float_nodes is None else str(row.float_nodes),
+    ]
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table with padded columns (text left, numbers right)."""
+    body = [cells(row) for row in rows]
+    widths = [max(len(text) for text in column) for column in zip(COLUMNS, *body)]
+
+    def line(texts: Sequence[str]) -> str:
+        padded = [
+            text.ljust(width) if i < 2 else text.rjust(width)
+            for i, (text, width) in enumerate(zip(texts, widths))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i >= 2 else "-") for i, w in enumerate(widths))
+    return "\n".join([line(COLUMNS), rule + "|", *(line(b) for b in body)])
+
+
+def findings(rows: Sequence[Row]) -> list[str]:
+    """A line per failed run and per row where drpaiq is more than WORSE_DB worse."""
+    lines = []
+    for row in rows:
+        for who, result in (("drpaiq", row.drpaiq), ("ONNX Runtime", row.ort)):
+            if result.error:
+                lines.append(f"{row.model} {row.method}: {who} failed: {result.error}")
+        if row.difference < -WORSE_DB:
+            lines.append(f"{row.model} {row.method}: worse than ORT by {-row.difference:.2f} dB")
+    return lines
+
+
+# -- Command line -------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--models", default="", help="comma-separated model names (default: all)")
+    parser.add_argument("--methods", default="MinMax,Entropy", help="calibration methods")
+    parser.add_argument("--opset", type=int, default=13, help="the export's ONNX opset")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep the FP32 and INT8 models (and summaries)"
+    )
+    return parser.parse_args(argv)
+
+
+def select_models(names: str) -> list[ExportModel]:
+    """The models named in ``names`` (comma-separated; empty: all), in table order."""
+    from export_models import MODELS
+
+    if not names:
+        return list(MODELS)
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    known = [spec.name for spec in MODELS]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [spec for spec in MODELS if spec.name in wanted]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print(
+            f"bench_exports.py needs torch to build the models: pip install {TORCH}",
+            file=sys.stderr,
+        )
+        return 2
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    specs = select_models(args.models)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    logging.getLogger("drpaiq").setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.ERROR)
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-exports-") as tmp:
+        scratch = Path(tmp)
+        folder = args.keep.resolve() if args.keep else scratch
+        folder.mkdir(parents=True, exist_ok=True)
+        with inside(scratch):
+            warm_up(specs[0], args.opset, scratch)
+            for spec in specs:
+                for row in bench_model(spec, methods, args.opset, folder, scratch):
+                    rows.append(row)
+                    print(" | ".join(cells(row)), file=sys.stderr)
+    print(
+        f"SQNR over all outputs of the first {TEST_IMAGES} images of samples/data/test; "
+        f"calibration: the first {CALIBRATION_IMAGES} of samples/data/calibrate; "
+        f"opset {args.opset}; difference = drpaiq - ORT"
+    )
+    print(table(rows))
+    lines = findings(rows)
+    print("\n".join(lines) if lines else f"drpaiq is within {WORSE_DB:g} dB of ORT on every row")
+    return 1 if any(row.drpaiq.error or row.ort.error for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
