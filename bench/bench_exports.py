@@ -8,8 +8,11 @@ quantized twice with the same calibration method and the same calibration images
 drpaiq (its Python API) and by ONNX Runtime (``quant_pre_process`` then
 ``quantize_static``: QDQ, per-channel, QInt8 activations and weights). One table gives,
 per model and method, each INT8 model's SQNR against the FP32 model, their difference,
-each quantize wall time and how many nodes drpaiq left in float; a line follows for each
-row where drpaiq is more than 1 dB worse than ONNX Runtime.
+each quantize wall time, the ratio of the two INT8 models' ONNX Runtime CPU inference
+times (one thread, one image; issue 3's target is <= 1.1x: drpaiq's QDQ placement must
+let ONNX Runtime fuse integer kernels as well as its own) and how many nodes drpaiq left
+in float; a line follows for each row where drpaiq is more than 1 dB worse than ONNX
+Runtime or its INT8 model more than 1.1x slower.
 
     python bench/bench_exports.py                       # all models, MinMax and Entropy
     python bench/bench_exports.py --models yolo,pruned --methods MinMax
@@ -60,15 +63,19 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 #: A row is reported when drpaiq's SQNR is lower than ONNX Runtime's by more than this.
 WORSE_DB = 1.0
+#: ... and when its INT8 model runs more than this many times slower than ORT's.
+SLOWER = 1.1
 TORCH = "torch==2.13.0"
 
 
 @dataclass
 class Result:
-    """One quantizer's run on one model: SQNR (dB), wall time (s), the error if it failed."""
+    """One quantizer's run on one model: SQNR (dB), wall time (s), the INT8 model's
+    inference time (ms per image), the error if it failed."""
 
     sqnr: float = float("nan")
     seconds: float = float("nan")
+    infer_ms: float = float("nan")
     error: str = ""
 
 
@@ -86,6 +93,11 @@ class Row:
     def difference(self) -> float:
         """drpaiq's SQNR minus ONNX Runtime's (dB; negative: drpaiq is worse)."""
         return self.drpaiq.sqnr - self.ort.sqnr
+
+    @property
+    def infer_ratio(self) -> float:
+        """drpaiq's INT8 inference time over ONNX Runtime's INT8 model's."""
+        return self.drpaiq.infer_ms / self.ort.infer_ms
 
 
 # -- Data ---------------------------------------------------------------------------
@@ -130,6 +142,28 @@ def run_outputs(path: Path, images: np.ndarray) -> list[np.ndarray]:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     runs = [session.run(None, {"images": images[i : i + 1]}) for i in range(len(images))]
     return [np.concatenate([run[k] for run in runs]) for k in range(len(runs[0]))]
+
+
+def inference_ms(path: Path, image: np.ndarray, runs: int = 50, rounds: int = 5) -> float:
+    """ONNX Runtime CPU inference time of one image (ms), one thread, the best of
+    ``rounds`` rounds of ``runs`` runs after a warm-up: whether the QDQ placement lets
+    ONNX Runtime fuse the model into integer kernels shows here."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"images": image[None]}
+    for _ in range(10):
+        session.run(None, feed)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, feed)
+        best = min(best, (time.perf_counter() - start) / runs)
+    return best * 1000
 
 
 def sqnr(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) -> float:
@@ -254,11 +288,13 @@ def bench_model(
         try:
             row.drpaiq.seconds, row.float_nodes = quantize_drpaiq(fp32, ours, spec.layout, method)
             row.drpaiq.sqnr = sqnr(reference, run_outputs(ours, test))
+            row.drpaiq.infer_ms = inference_ms(ours, test[0])
         except Exception as exc:
             row.drpaiq.error = failure(exc)
         try:
             row.ort.seconds = quantize_ort(fp32, theirs, calibration, method, scratch)
             row.ort.sqnr = sqnr(reference, run_outputs(theirs, test))
+            row.ort.infer_ms = inference_ms(theirs, test[0])
         except Exception as exc:
             row.ort.error = failure(exc)
         rows.append(row)
@@ -282,6 +318,7 @@ COLUMNS = (
     "difference dB",
     "drpaiq s",
     "ORT s",
+    "infer ratio",
     "drpaiq float nodes",
 )
 
@@ -301,6 +338,7 @@ def cells(row: Row) -> list[str]:
         number(row.difference, "+.2f"),
         number(row.drpaiq.seconds, ".2f"),
         number(row.ort.seconds, ".2f"),
+        number(row.infer_ratio, ".2f"),
         "-" if row.float_nodes is None else str(row.float_nodes),
     ]
 
@@ -330,6 +368,11 @@ def findings(rows: Sequence[Row]) -> list[str]:
                 lines.append(f"{row.model} {row.method}: {who} failed: {result.error}")
         if row.difference < -WORSE_DB:
             lines.append(f"{row.model} {row.method}: worse than ORT by {-row.difference:.2f} dB")
+        if row.infer_ratio > SLOWER:
+            lines.append(
+                f"{row.model} {row.method}: INT8 inference {row.infer_ratio:.2f}x ORT's "
+                f"(target <= {SLOWER}x)"
+            )
     return lines
 
 
