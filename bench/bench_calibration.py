@@ -100,36 +100,13 @@ def child_drpaiq(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_ort(spec: dict[str, Any]) -> dict[str, Any]:
     """ONNX Runtime's pre-processing and quantize_static over the same images."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+    from ort_baseline import ort_quantize_static
 
     reader = open_reader(spec)
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = (batch.feeds for batch in reader.batches())
-
-        def get_next(self) -> dict[str, Any] | None:
-            return next(self._batches, None)
-
     workdir = Path(spec["workdir"])
-    pre = workdir / "ort_pre.onnx"
-    quant_pre_process(spec["model"], str(pre))
-    quantize_static(
-        str(pre),
-        str(workdir / "ort_q.onnx"),
-        Feeds(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, METHODS[spec["method"]]),
+    feeds = (batch.feeds for batch in reader.batches())
+    ort_quantize_static(
+        Path(spec["model"]), workdir / "ort_q.onnx", feeds, METHODS[spec["method"]], workdir
     )
     return {}
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import logging
 import os
 import sys
@@ -219,48 +218,12 @@ def quantize_drpaiq(source: Path, out: Path, layout: str, method: str) -> tuple[
 
 
 def quantize_ort(source: Path, out: Path, images: np.ndarray, method: str, scratch: Path) -> float:
-    """Quantize with ONNX Runtime (``quant_pre_process``, then ``quantize_static``: QDQ,
-    per-channel, QInt8 activations and weights), calibrating on ``images`` one at a
-    time; the wall time (s)."""
-    import onnx
-    from onnx import version_converter
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+    """Quantize with ONNX Runtime (see ``ort_baseline``), calibrating on ``images`` one
+    at a time; the wall time (s)."""
+    from ort_baseline import ort_quantize_static
 
-    class Feeds(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._feeds = iter({"images": images[i : i + 1]} for i in range(len(images)))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._feeds, None)
-
-    start = time.perf_counter()
-    model = onnx.load(str(source))
-    # Below opset 13 ONNX Runtime writes per-channel DequantizeLinear (axis) anyway,
-    # an invalid model; hand it the model converted to 13, as drpaiq converts it.
-    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
-        source = scratch / f"{out.stem}_opset13.onnx"
-        onnx.save(version_converter.convert_version(model, 13), str(source))
-    pre = scratch / f"{out.stem}_pre.onnx"
-    quant_pre_process(str(source), str(pre))
-    with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
-        quantize_static(
-            str(pre),
-            str(out),
-            Feeds(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, method),
-        )
-    return time.perf_counter() - start
+    feeds = ({"images": images[i : i + 1]} for i in range(len(images)))
+    return ort_quantize_static(source, out, feeds, method, scratch)
 
 
 def failure(exc: Exception) -> str:

@@ -36,8 +36,6 @@ sample; drpaiq INT8 inference time <= 1.1x ONNX Runtime's INT8 model.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import sys
@@ -232,49 +230,13 @@ def quantize_drpaiq(sample: Sample, method: str, out: Path, bias_correction: boo
 
 
 def quantize_ort(sample: Sample, method: str, out: Path, workdir: Path) -> float:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+    """Quantize a sample with ONNX Runtime (see ``ort_baseline``) on the calibration
+    images; the wall time (s)."""
+    from ort_baseline import ort_quantize_static
 
-    class Feeds(CalibrationDataReader):
-        def __init__(self) -> None:
-            reader = open_reader(sample, SAMPLES / "data" / "calibrate", labeled=False, batch=1)
-            self._it = (b.feeds for b in reader.batches())
-
-        def get_next(self):  # type: ignore[no-untyped-def]
-            return next(self._it, None)
-
-    import onnx
-    from onnx import version_converter
-
-    start = time.perf_counter()
-    # ONNX Runtime writes per-channel DequantizeLinear (axis) even below opset 13,
-    # giving an invalid model; hand it the model converted to 13, as drpaiq does.
-    model = onnx.load(str(sample.model))
-    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
-        model = version_converter.convert_version(model, 13)
-    source = workdir / f"{sample.name}_ort_src.onnx"
-    onnx.save(model, str(source))
-    pre = workdir / f"{sample.name}_ort_pre.onnx"
-    quant_pre_process(str(source), str(pre))
-    # quantize_static prints its progress on stdout; keep the table readable.
-    with contextlib.redirect_stdout(io.StringIO()):
-        quantize_static(
-            str(pre),
-            str(out),
-            Feeds(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, method),
-        )
-    return time.perf_counter() - start
+    reader = open_reader(sample, SAMPLES / "data" / "calibrate", labeled=False, batch=1)
+    feeds = (batch.feeds for batch in reader.batches())
+    return ort_quantize_static(sample.model, out, feeds, method, workdir)
 
 
 def main() -> int:
