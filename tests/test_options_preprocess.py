@@ -292,6 +292,9 @@ def test_preprocess_optimizes_and_infers_shapes(tmp_path):
     out = preprocess_model(source, tmp_path / "pre.onnx")
     model = onnx.load(str(out))
     assert [n.op_type for n in model.graph.node] == ["Conv"]  # BatchNormalization folded
+    # ONNX Runtime's optimizer declares every domain it knows (ai.onnx.ml,
+    # com.microsoft.nchwc, ...); the model keeps only what it uses or declared.
+    assert [entry.domain for entry in model.opset_import] == [""]
     kept = preprocess_model(source, tmp_path / "pre2.onnx", optimization=False)
     model = onnx.load(str(kept))
     assert "BatchNormalization" in [n.op_type for n in model.graph.node]
@@ -314,6 +317,8 @@ def test_symbolic_failure_falls_back_with_a_warning(tmp_path, drpaiq_log, monkey
     onnx.save(model, str(tmp_path / "custom.onnx"))
     out = preprocess_model(tmp_path / "custom.onnx", tmp_path / "pre.onnx")
     assert [n.op_type for n in onnx.load(str(out)).graph.node] == ["Relu", "Mystery"]
+    domains = {entry.domain for entry in onnx.load(str(out)).opset_import}
+    assert domains == {"", "com.example"}
     assert any("symbolic shape inference failed" in line for line in drpaiq_log)
     # ONNX Runtime's leftover "sym_shape_infer_temp.onnx" did not land in the cwd.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.onnx", "pre.onnx"]

@@ -33,6 +33,8 @@ from drpaiq_core.options import option_bool
 from drpaiq_core.write import EXTERNAL_DATA_THRESHOLD, check_output_path, write_model
 
 if TYPE_CHECKING:
+    import onnx
+
     from drpaiq_core.config import QuantizeConfig
 
 log = logging.getLogger("drpaiq")
@@ -135,8 +137,30 @@ def preprocess_model(
             model = onnx.load(str(staged))
         except Exception as exc:
             raise _failure(exc) from None
+        _drop_unused_domains(model, _declared_domains(input_path))
         write_model(model, output_path)
     return output_path
+
+
+def _declared_domains(path: Path) -> set[str]:
+    """The operator-set domains ``path`` declares (its weights are not read)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {entry.domain for entry in model.opset_import}
+
+
+def _drop_unused_domains(model: onnx.ModelProto, keep: set[str]) -> None:
+    """Remove the operator-set imports that ONNX Runtime's optimizer adds for every
+    domain it knows (ai.onnx.ml, com.microsoft.nchwc, org.pytorch.aten, ...) when no
+    node uses them and the input did not declare them: the written model then declares
+    what it uses, which strict importers of accelerator toolchains expect."""
+    used = {node.domain for node in model.graph.node} | {"", "ai.onnx"} | keep
+    for function in model.functions:
+        used |= {node.domain for node in function.node} | {function.domain}
+    unused = [entry for entry in model.opset_import if entry.domain not in used]
+    for entry in unused:
+        model.opset_import.remove(entry)
 
 
 def preprocess_settings(config: QuantizeConfig) -> dict[str, Any] | None:
