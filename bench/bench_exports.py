@@ -143,26 +143,35 @@ def run_outputs(path: Path, images: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([run[k] for run in runs]) for k in range(len(runs[0]))]
 
 
-def inference_ms(path: Path, image: np.ndarray, runs: int = 50, rounds: int = 5) -> float:
-    """ONNX Runtime CPU inference time of one image (ms), one thread, the best of
-    ``rounds`` rounds of ``runs`` runs after a warm-up: whether the QDQ placement lets
-    ONNX Runtime fuse the model into integer kernels shows here."""
+def inference_ms(
+    paths: Sequence[Path], image: np.ndarray, runs: int = 50, rounds: int = 7
+) -> list[float]:
+    """ONNX Runtime CPU inference time of one image (ms) for each model, one thread:
+    after a warm-up, ``rounds`` rounds of ``runs`` runs, the models taking turns within
+    each round (so that a busy moment of the machine hits all of them), the best round
+    of each. Whether the QDQ placement lets ONNX Runtime fuse the model into integer
+    kernels shows here."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sessions = [
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for path in paths
+    ]
     feed = {"images": image[None]}
-    for _ in range(10):
-        session.run(None, feed)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(runs):
+    for session in sessions:
+        for _ in range(10):
             session.run(None, feed)
-        best = min(best, (time.perf_counter() - start) / runs)
-    return best * 1000
+    best = [float("inf")] * len(sessions)
+    for _ in range(rounds):
+        for k, session in enumerate(sessions):
+            start = time.perf_counter()
+            for _ in range(runs):
+                session.run(None, feed)
+            best[k] = min(best[k], (time.perf_counter() - start) / runs)
+    return [seconds * 1000 for seconds in best]
 
 
 def sqnr(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) -> float:
@@ -251,15 +260,15 @@ def bench_model(
         try:
             row.drpaiq.seconds, row.float_nodes = quantize_drpaiq(fp32, ours, spec.layout, method)
             row.drpaiq.sqnr = sqnr(reference, run_outputs(ours, test))
-            row.drpaiq.infer_ms = inference_ms(ours, test[0])
         except Exception as exc:
             row.drpaiq.error = failure(exc)
         try:
             row.ort.seconds = quantize_ort(fp32, theirs, calibration, method, scratch)
             row.ort.sqnr = sqnr(reference, run_outputs(theirs, test))
-            row.ort.infer_ms = inference_ms(theirs, test[0])
         except Exception as exc:
             row.ort.error = failure(exc)
+        if not (row.drpaiq.error or row.ort.error):
+            row.drpaiq.infer_ms, row.ort.infer_ms = inference_ms([ours, theirs], test[0])
         rows.append(row)
     return rows
 
