@@ -254,3 +254,38 @@ def test_shape_arithmetic_is_counted_on_one_summary_line(tmp_path: Path) -> None
     assert "left in float 1 node(s):\n  exp (Exp): no op quantizer for Exp" in text
     assert f"not quantized, {integer}: 4 node(s) (Concat 1, Gather 1, Shape 1, Unsqueeze 1)" in text
     assert "shape (Shape)" not in text
+
+
+def test_an_input_normalization_in_the_graph_stays_float(tmp_path: Path) -> None:
+    """``(x - mean) / std`` written into the graph at the model input (Keras and some
+    torch exports): quantizing it rounds the input twice more and rounds the
+    per-channel mean to the input's scale (the same error on every pixel of a channel).
+    It stays float, and the first layer's input is quantized once, as ONNX Runtime
+    does; a Sub or Mul further in is quantized as before."""
+    mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["centred"], name="sub"),
+        helper.make_node("Div", ["centred", "std"], ["normal"], name="div"),
+        helper.make_node("Mul", ["normal", "gain"], ["scaled"], name="gain"),
+        helper.make_node("Conv", ["scaled", "W"], ["c"], name="conv"),
+        helper.make_node("Sub", ["c", "shift"], ["y"], name="shift"),
+    ]
+    inits = {
+        "mean": mean,
+        "std": std,
+        "gain": np.full((1,), 1.5, np.float32),
+        "W": _w(4, 3, 3, 3),
+        "shift": np.full((1, 4, 1, 1), 0.1, np.float32),
+    }
+    model = make_model(nodes, {"x": ["N", 3, 8, 8]}, ["y"], inits)
+    feeds = [{"x": RNG.uniform(0, 1, size=(2, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    fp32, out, summary = run_quantize(tmp_path, model, feeds)
+    reason = "normalizes the model input with constants: kept float, the first layer's input"
+    for name in ("sub", "gain"):
+        assert summary.float_nodes[name][1].startswith(reason), summary.float_nodes
+    assert summary.quantized["conv"] == "Conv"
+    assert summary.quantized["shift"] == "Sub"  # not at the input: quantized
+    assert "x" not in summary.plan.activations
+    assert "scaled" in summary.plan.activations
+    assert _close(run(out, feeds[0])[0], run(fp32, feeds[0])[0], 0.05)

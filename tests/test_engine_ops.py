@@ -100,7 +100,8 @@ def concat_of_a_narrow_shared_tensor() -> tuple:
     nodes = [
         helper.make_node("Sigmoid", ["a"], ["score"], name="sigmoid"),
         helper.make_node("Mul", ["score", "a"], ["gated"], name="mul"),
-        helper.make_node("Mul", ["b", "wide"], ["box"], name="scale_box"),
+        helper.make_node("Relu", ["b"], ["positive"], name="relu"),
+        helper.make_node("Mul", ["positive", "wide"], ["box"], name="scale_box"),
         helper.make_node("Concat", ["box", "score"], ["y"], name="concat", axis=1),
     ]
     return (
@@ -271,20 +272,27 @@ def test_an_all_zero_add_input_does_not_coarsen_the_other(tmp_path: Path, zero: 
     input is exact at any scale, so the shared scale is the live input's, not the
     fallback scale 1.0 of an empty range."""
     if zero == "constant":
-        nodes = [helper.make_node("Add", ["x", "z"], ["y"], name="add")]
+        # The Add follows a layer (an Add of a constant right at the model input is an
+        # input normalization, which stays float).
+        nodes = [
+            helper.make_node("Tanh", ["x"], ["live"], name="tanh"),
+            helper.make_node("Add", ["live", "z"], ["y"], name="add"),
+        ]
         inits = {"z": np.zeros((1, 4, 1, 1), np.float32)}
     else:
         nodes = [
             helper.make_node("Sub", ["x", "big"], ["low"], name="sub"),
             helper.make_node("Relu", ["low"], ["z"], name="relu"),
-            helper.make_node("Add", ["x", "z"], ["y"], name="add"),
+            helper.make_node("Tanh", ["x"], ["live"], name="tanh"),
+            helper.make_node("Add", ["live", "z"], ["y"], name="add"),
         ]
         inits = {"big": np.full((1,), 100.0, np.float32)}
     inputs: dict[str, list[int | str]] = {"x": ["N", 4, 5, 5]}
     model = make_model(nodes, inputs, ["y"], inits)
     fp32, out, summary = run_quantize(tmp_path, model, random_feeds(inputs))
-    x_range = summary.plan.ranges["x"]
-    x_scale = float(summary.plan.activations["x"].scale)
+    assert summary.quantized["add"] == "Add"
+    x_range = summary.plan.ranges["live"]
+    x_scale = float(summary.plan.activations["live"].scale)
     assert x_scale == pytest.approx((x_range[1] - x_range[0]) / 255, rel=1e-6)
     feed = random_feeds(inputs, batches=1, seed=5)[0]
     error = np.abs(run(out, feed)[0] - run(fp32, feed)[0])

@@ -262,7 +262,7 @@ def _plan_shared_scales(
             # A member that is exactly zero on all the data (a zero constant, a dead
             # ReLU branch) is exact at any scale; its fallback scale of 1.0 must not
             # become the other members' scale.
-            live = [t for t in members if group_range[groups.find(t)] != (0.0, 0.0)]
+            live = [t for t in members if widen(*plan.ranges.get(t, (1.0, 1.0))) != (0.0, 0.0)]
             if not live:
                 continue
             shared = max(float(plan.activations[t].scale) for t in live)
