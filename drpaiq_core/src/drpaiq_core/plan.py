@@ -211,14 +211,7 @@ def build_plan(
                     )
                 else:
                     groups.union(anchor, member)
-    group_range: dict[str, tuple[float, float]] = {}
-    for t in quantized:
-        root = groups.find(t)
-        lo, hi = widen(*tensor_range[t])
-        if root in group_range:
-            glo, ghi = group_range[root]
-            lo, hi = min(lo, glo), max(hi, ghi)
-        group_range[root] = (lo, hi)
+    group_range = {groups.find(t): groups.range[groups.find(t)] for t in quantized}
 
     root_params = {
         root: activation_params(lo, hi, dtype, symmetric) for root, (lo, hi) in group_range.items()
