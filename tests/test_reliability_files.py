@@ -525,3 +525,25 @@ def test_an_interrupt_says_which_outputs_were_already_written(work, capsys):
         f"drpaiq: terminated after writing {work / 's.json'} (complete); nothing else was written\n"
     )
     write_module.reset_written()
+
+
+def test_the_preprocessed_model_never_replaces_the_input_or_another_output(work):
+    """``-pmo`` is written at the end of the run: its path is checked at the start,
+    through the Python API as on the command line (the API once replaced the input)."""
+    from drpaiq_core.compat import quantize_interface
+
+    before = snapshot(work)
+    common = {
+        "calibrate_dataset": "cal",
+        "norm_mean": [0.5] * 3,
+        "norm_std": [0.25] * 3,
+        "skip_preprocess": False,
+        "quiet": True,
+    }
+    with pytest.raises(UserError, match=r"m\.onnx is the input model"):
+        quantize_interface("m.onnx", "q.onnx", preprocessed_model_output="m.onnx", **common)
+    with pytest.raises(UserError, match=r"-pmo q\.onnx is also the output model"):
+        quantize_interface("m.onnx", "q.onnx", preprocessed_model_output="q.onnx", **common)
+    line = one_error_line(run_inprocess(q("--summary-json", "out.onnx")))
+    assert "--summary-json out.onnx is also the output model" in line
+    assert snapshot(work) == before

@@ -74,8 +74,12 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     input_path = Path(config.input_model)
     output_path = Path(config.output_model)
     check_output_path(output_path, (input_path,))
+    _check_distinct_outputs(config, _debug_dir(config))
     if config.summary_json is not None:
         check_output_path(Path(config.summary_json), (input_path, output_path))
+    if config.preprocessed_model_output is not None:
+        # Checked now: it is written only at the end, after the model.
+        check_output_path(Path(config.preprocessed_model_output), (input_path, output_path))
     options = quant_options(config)
     # Read now: a bad value fails before any work rather than after calibration.
     bias_correction = option_bool(config.options, "bias_correction", False)
@@ -85,12 +89,9 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     if config.debug_dir is not None:
         calibrator_options["entropy_debug"] = str(config.debug_dir)
     calibrator = calibrator_cls(calibrator_options)
-    debug_dir = config.debug_dir
-    if debug_dir is None and config.options.get("entropy_debug"):
-        debug_dir = Path(config.options["entropy_debug"])
+    debug_dir = _debug_dir(config)
     # The folder itself is made only once there is something to put in it (see
     # calibrate.finish): a run that fails before then leaves no empty folder behind.
-    _check_distinct_outputs(config, debug_dir)
     if debug_dir is not None and debug_dir.exists() and not debug_dir.is_dir():
         raise UserError(f"debug folder {debug_dir} is a file; give a folder path")
 
@@ -188,16 +189,37 @@ def _publish_preprocessed(source: Path, target: Path) -> None:
         copy_file(source, target)
 
 
+def _debug_dir(config: QuantizeConfig) -> Path | None:
+    """Where the calibrator's debug output goes: ``--debug-dir``, else the advanced
+    option ``entropy_debug``, else nowhere."""
+    if config.debug_dir is not None:
+        return Path(config.debug_dir)
+    value = config.options.get("entropy_debug")
+    return Path(value) if value else None
+
+
 def _check_distinct_outputs(config: QuantizeConfig, debug_dir: Path | None) -> None:
-    """Refuse a debug folder at the path of the input or of an output file."""
-    if debug_dir is None:
-        return
+    """Refuse two outputs at one path (the model, the summary JSON, the pre-processed
+    model: one would replace the other at the end of the run), and a debug folder at
+    the path of the input or of an output file."""
     files = {
         "the input model": config.input_model,
         "the output model": config.output_model,
         "--summary-json": config.summary_json,
         "-pmo": config.preprocessed_model_output,
     }
+    seen: dict[Path, str] = {}
+    for what, path in list(files.items())[1:]:
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise UserError(
+                f"{what} {path} is also {seen[key]}; give each output a path of its own"
+            )
+        seen[key] = what
+    if debug_dir is None:
+        return
     for what, path in files.items():
         if path is not None and Path(path).resolve() == debug_dir.resolve():
             raise UserError(
