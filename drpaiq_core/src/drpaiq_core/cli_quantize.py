@@ -232,15 +232,6 @@ def _existing_file(path: Path, what: str, flag: str) -> Path:
     return path
 
 
-def _side_output(path: Path, flag: str, model: Path, output: Path) -> None:
-    """A second file the run writes must be neither the model nor the INT8 output."""
-    from drpaiq_core.write import check_output_path
-
-    if path.resolve() == output.resolve():
-        raise UserError(f"{flag} {path} is also the output model; give another path")
-    check_output_path(path, (model,))
-
-
 def _norm(value: str | None, flag: str) -> tuple[float, ...] | None:
     """``--norm_mean``/``--norm_std``: three finite numbers, or None (kept for
     ``drpaiq evaluate``, which reads them the same way)."""
@@ -309,7 +300,6 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
         preprocessed = (
             Path(given) if given else output_path.parent / f"{input_path.stem}_preprocessed.onnx"
         )
-        _side_output(preprocessed, "--preprocessed_model_output", input_path, output_path)
 
     dataset = params["calibrate_dataset"]
     config = QuantizeConfig(
@@ -343,8 +333,8 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
     )
     if config.pattern_file is not None:
         _existing_file(config.pattern_file, "exclusion pattern file", "the pattern file path")
-    if config.summary_json is not None:
-        _side_output(config.summary_json, "--summary-json", input_path, output_path)
+    # The side outputs' paths (--summary-json, -pmo) are checked by quantize() itself,
+    # before any work, for the Python API as for this command.
     if config.debug_dir is not None and not config.debug_dir.parent.resolve().is_dir():
         raise UserError(f"debug folder {config.debug_dir}: its parent folder does not exist")
     return config
