@@ -124,3 +124,80 @@ def test_any_chunking_and_order_merges_to_one_pass(
     for i in order:
         merged = histogram.merge(merged, states[i])
     assert_same(merged, one_pass)
+
+
+# -- the compiled loop -------------------------------------------------------------------
+
+
+def test_the_compiled_loop_is_built() -> None:
+    # The install builds _binning.c when a C compiler is there (every supported CI and
+    # development machine); without it the calibrators are about twice as slow.
+    assert histogram.COMPILED, (
+        "drpaiq_plugins_calibrators._binning was not built: install a C compiler and "
+        "reinstall drpaiq_plugins_calibrators"
+    )
+
+
+def awkward_values(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Values that stress the binning: both signs, exact zeros of both signs,
+    subnormals, bin edges and the largest magnitude that fits."""
+    values = np.clip(rng.standard_normal(size) * 3.0, -7.99, 7.99).astype(np.float32)
+    values[::7] = 0.0
+    values[1::11] = -0.0
+    values[2::13] = np.float32(1e-42)  # subnormal
+    values[3::17] = np.round(values[3::17]) % 8  # on bin edges
+    if size > 5:
+        values[4] = np.float32(np.nextafter(np.float32(8.0), np.float32(0.0)))
+        values[5] = -values[4]
+    return values
+
+
+@pytest.mark.skipif(not histogram.COMPILED, reason="the compiled loop was not built")
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 1000, 100_003])
+@pytest.mark.parametrize("capacity", [8, 2048])
+def test_the_compiled_loop_counts_like_numpy(size: int, capacity: int) -> None:
+    rng = np.random.default_rng(size + capacity)
+    values = awkward_values(rng, size)
+    # Magnitudes below 8 fit capacity bins of width 8 / capacity.
+    scale = np.float32(capacity / 8.0)
+    offset = capacity - 1
+    ours = np.arange(2 * capacity - 1, dtype=np.int64)  # counts are added, not set
+    reference = ours.copy()
+    zeros = histogram.count_bins(values, scale, offset, ours)
+    expected = histogram.count_bins_numpy(values, scale, offset, reference)
+    assert zeros == expected == int(np.count_nonzero(values == 0))
+    np.testing.assert_array_equal(ours, reference)
+
+
+@pytest.mark.skipif(not histogram.COMPILED, reason="the compiled loop was not built")
+def test_the_compiled_loop_counts_into_a_window() -> None:
+    values = np.array([2.0, 2.5, 3.0, 3.0, 0.0], dtype=np.float32)
+    counts = np.zeros(10, dtype=np.int64)
+    # Bins 0..3 of a window starting at bin 2 of the full counts.
+    assert histogram.count_bins(values, np.float32(1.0), 0, counts[0:4]) == 1
+    assert counts.tolist() == [1, 0, 2, 2, 0, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.skipif(not histogram.COMPILED, reason="the compiled loop was not built")
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 9.0, -9.0])
+def test_the_compiled_loop_refuses_values_outside_the_counts(bad: float) -> None:
+    values = np.array([1.0, 2.0, bad, 3.0, 1.0, 1.0], dtype=np.float32)
+    counts = np.zeros(9, dtype=np.int64)
+    with pytest.raises(ValueError, match="outside the counts"):
+        histogram.count_bins(values, np.float32(1.0), 4, counts)
+    assert not counts.any()  # untouched
+
+
+@pytest.mark.skipif(not histogram.COMPILED, reason="the compiled loop was not built")
+def test_the_compiled_loop_refuses_other_arrays() -> None:
+    counts = np.zeros(4, dtype=np.int64)
+    with pytest.raises(TypeError, match="float32"):
+        histogram.count_bins(np.zeros(3), np.float32(1.0), 0, counts)  # float64
+    with pytest.raises(TypeError, match="int64"):
+        histogram.count_bins(np.zeros(3, np.float32), np.float32(1.0), 0, np.zeros(4, np.int32))
+    with pytest.raises((ValueError, BufferError)):
+        histogram.count_bins(np.zeros(3, np.float32), np.float32(1.0), 0, counts[::2])
+    with pytest.raises((ValueError, BufferError)):
+        readonly = np.zeros(4, dtype=np.int64)
+        readonly.setflags(write=False)
+        histogram.count_bins(np.zeros(3, np.float32), np.float32(1.0), 0, readonly)

@@ -121,34 +121,64 @@ def widen(state: HistogramState, exponent: int) -> None:
 
 def add_values(state: HistogramState, values: np.ndarray) -> None:
     """Fold finite ``values`` (any shape) into ``state``."""
-    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
     if flat.size == 0:
         return
     lo = float(np.minimum.reduce(flat))
     hi = float(np.maximum.reduce(flat))
     state.count += int(flat.size)
-    # Counting the 32-bit patterns with the sign bit shifted out finds +0.0 and -0.0
-    # alike, and is several times faster than counting float non-zeros.
-    state.zeros += int(flat.size - np.count_nonzero(np.left_shift(flat.view(np.int32), 1)))
     state.vmin = min(state.vmin, lo)
     state.vmax = max(state.vmax, hi)
     needed = required_exponent(max(-lo, hi), state.capacity)
     if state.exponent is None or needed > state.exponent:
         widen(state, needed)
     assert state.exponent is not None
-    # The float32 product is exact (power-of-two scale), and the cast truncates
-    # toward zero, which is the binning rule. Casting straight to intp spares
-    # bincount a conversion (measured several times faster than int32 on large tensors).
+    # The float32 product is exact (power-of-two scale), and truncation toward zero is
+    # the binning rule; the indices of lo and hi bound every other value's.
     scale = np.float32(math.ldexp(1.0, -state.exponent))
-    index = (flat * scale).astype(np.intp)
     offset = state.capacity - 1
-    if lo >= 0.0:
-        # One-sided data (after ReLU, most tensors): every index is in [0, capacity),
-        # so the counts go straight to the positive half without shifting the indices.
-        state.counts[offset:] += np.bincount(index, minlength=state.capacity)
-    else:
+    first = int(np.float32(lo) * scale) + offset
+    last = int(np.float32(hi) * scale) + offset
+    window = state.counts[first : last + 1]
+    state.zeros += count_bins(flat, scale, offset - first, window)
+
+
+def count_bins_numpy(flat: np.ndarray, scale: np.float32, offset: int, counts: np.ndarray) -> int:
+    """The NumPy path of :func:`count_bins`: the same counts, bit for bit, about twice as
+    slow as the compiled loop."""
+    # Casting straight to intp spares bincount a conversion (measured several times
+    # faster than int32 on large tensors).
+    index = (flat * scale).astype(np.intp)
+    if offset:
         index += offset
-        state.counts += np.bincount(index, minlength=state.counts.size)
+    counts += np.bincount(index, minlength=counts.size)
+    # Counting the 32-bit patterns with the sign bit shifted out finds +0.0 and -0.0
+    # alike, and is several times faster than counting float non-zeros.
+    return int(flat.size - np.count_nonzero(np.left_shift(flat.view(np.int32), 1)))
+
+
+try:
+    from drpaiq_plugins_calibrators._binning import count_bins as _compiled_count_bins
+except ImportError:  # built without a C compiler: the NumPy path gives the same counts
+    _compiled_count_bins = None
+
+#: Whether the compiled loop (``_binning.c``, built at install time when a C compiler is
+#: there) is in use.
+COMPILED = _compiled_count_bins is not None
+
+
+def count_bins(flat: np.ndarray, scale: np.float32, offset: int, counts: np.ndarray) -> int:
+    """Add 1 to ``counts[trunc(float32(x * scale)) + offset]`` for every value ``x`` of the
+    contiguous float32 vector ``flat``; return how many values were exactly 0.
+
+    ``counts`` is a contiguous int64 array (or view), updated in place. Uses the compiled
+    loop when it was built (:data:`COMPILED`), :func:`count_bins_numpy` otherwise; both
+    give identical counts. On the 32x32 sample model the compiled loop halved the time of
+    an entropy calibration's statistics.
+    """
+    if _compiled_count_bins is not None:
+        return int(_compiled_count_bins(flat, float(scale), offset, counts))
+    return count_bins_numpy(flat, scale, offset, counts)
 
 
 def merge(a: HistogramState, b: HistogramState) -> HistogramState:
