@@ -18,7 +18,7 @@ from drpaiq_plugins_calibrators.percentile import PercentileCalibrator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drpaiq_plugins_calibrators import plugin
+from drpaiq_plugins_calibrators import entropy, plugin
 
 CALIBRATORS = [MinMaxCalibrator, EntropyCalibrator, PercentileCalibrator]
 
@@ -161,6 +161,19 @@ def test_vectorized_kl_curve_equals_the_loop(levels: int) -> None:
     np.testing.assert_allclose(
         kl_divergence_curve(counts, levels), kl_loop(counts, levels), rtol=1e-9, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("levels", [8, 128, 1000])
+def test_kl_curve_is_the_same_with_the_group_bounds_cached_or_not(
+    levels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(6)
+    counts = np.bincount((np.abs(rng.standard_t(2, 30_000)) * 40).astype(int) % 2500)
+    counts[1500:1600] = 0
+    cached = kl_divergence_curve(counts, levels)
+    monkeypatch.setattr(entropy, "_BOUNDS_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(entropy, "_bounds_cache", {})
+    np.testing.assert_array_equal(kl_divergence_curve(counts, levels), cached)
 
 
 def test_kl_curve_from_a_later_candidate_is_the_tail_of_the_whole_curve() -> None:

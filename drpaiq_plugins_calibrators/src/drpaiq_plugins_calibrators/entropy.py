@@ -48,7 +48,7 @@ otherwise dominate the divergence and pull the threshold far into the data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -101,47 +101,96 @@ def kl_divergence_curve(
     total = float(h.sum())
     if total <= 0:
         raise ValueError("empty histogram")
-    cum = np.zeros(n + 1)
-    np.cumsum(h, out=cum[1:])
-    nonzero_cum = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(h > 0, out=nonzero_cum[1:])
+    # The cumulative counts and the cumulative number of non-empty bins, packed into one
+    # integer table: one gather and one subtraction give every group's mass (high bits)
+    # and occupancy (low bits) together. Differences of a non-decreasing table are never
+    # negative, so the low bits never borrow from the high ones.
+    packed = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.asarray(counts, dtype=np.int64), out=packed[1:])
+    if packed[-1] >= 1 << (63 - _OCCUPANCY_BITS):
+        raise ValueError(f"histogram of {packed[-1]} values is too large to search")
+    packed <<= _OCCUPANCY_BITS
+    packed[1:] += np.cumsum(h > 0)
+    cum = (packed >> _OCCUPANCY_BITS).astype(np.float64)
+    nonzero_cum = (packed & _OCCUPANCY_MASK).astype(np.float64)
     p = h / total
     plogp_cum = np.zeros(n + 1)
     np.cumsum(p * np.log(np.where(p > 0, p, 1.0)), out=plogp_cum[1:])
-    # Group bounds floor(i * g / levels) in int32 where it cannot overflow: integer
-    # division is several times faster there than in int64.
-    index_type = np.int32 if n * levels < 2**31 else np.int64
-    groups: np.ndarray = np.arange(levels + 1, dtype=index_type)
 
     first = levels if first is None else min(max(first, levels), n)
     curve = np.empty(n - first + 1)
     block = max(1, _BLOCK_ELEMENTS // (levels + 1))
+    bounds_of = _group_bounds(levels, n + 1)
     for start in range(first, n + 1, block):
-        kept = np.arange(start, min(n + 1, start + block), dtype=np.int64)
-        in_range = cum[kept]
+        stop = min(n + 1, start + block)
+        in_range = cum[start:stop]
         clipped = total - in_range
-        last_p = (h[kept - 1] + clipped) / total
-        sum_plogp = plogp_cum[kept - 1] + last_p * np.log(np.where(last_p > 0, last_p, 1.0))
+        last_kept = h[start - 1 : stop - 1]
+        last_p = (last_kept + clipped) / total
+        sum_plogp = plogp_cum[start - 1 : stop - 1] + last_p * np.log(
+            np.where(last_p > 0, last_p, 1.0)
+        )
 
-        bounds = ((kept.astype(index_type)[:, None] * groups[None, :]) // levels).astype(np.intp)
-        mass_at = cum[bounds]
-        mass = mass_at[:, 1:] - mass_at[:, :-1]
-        nz_at = nonzero_cum[bounds]
-        occupied = (nz_at[:, 1:] - nz_at[:, :-1]).astype(np.float64)
+        at = packed[bounds_of(start, stop)]
+        groups = np.subtract(at[:, 1:], at[:, :-1])
+        mass = (groups >> _OCCUPANCY_BITS).astype(np.float64)
+        groups &= _OCCUPANCY_MASK
+        occupied = groups.astype(np.float64)
         # The clipped mass lands in P's last bin, which then counts as non-empty.
-        became_nonzero = (h[kept - 1] == 0) & (clipped > 0)
+        became_nonzero = (last_kept == 0) & (clipped > 0)
         occupied[:, -1] += became_nonzero
         # Q per non-empty bin of a group: the group's mass spread evenly, plus the
         # smoothing count; normalized over all of P's non-empty bins.
-        level = mass / np.maximum(occupied, 1.0) + SMOOTHING
-        log_level = np.log(level)
-        normalizer = in_range + SMOOTHING * (nonzero_cum[kept] + became_nonzero)
+        log_level = np.maximum(occupied, 1.0, out=occupied)
+        np.divide(mass, log_level, out=log_level)
+        log_level += SMOOTHING
+        np.log(log_level, out=log_level)
+        normalizer = in_range + SMOOTHING * (nonzero_cum[start:stop] + became_nonzero)
         cross = np.einsum("ij,ij->i", mass, log_level) + clipped * log_level[:, -1]
         divergence = sum_plogp - cross / total + np.log(normalizer)
         # A threshold below every value clips all of them into one bin, which the
         # smoothing would score as a perfect match: it is no candidate.
-        curve[kept - first] = np.where(in_range > 0, divergence, np.inf)
+        curve[start - first : stop - first] = np.where(in_range > 0, divergence, np.inf)
     return curve
+
+
+#: Low bits of the packed table that hold the cumulative number of non-empty bins
+#: (up to :data:`MAX_BINS` + 1); the high bits hold the cumulative count.
+_OCCUPANCY_BITS = 17
+_OCCUPANCY_MASK = (1 << _OCCUPANCY_BITS) - 1
+
+#: Group bounds per ``num_quantized_bins``, for thresholds up to some number of bins,
+#: kept while they take at most this many integers (2 MB at the default 2048 bins and
+#: 128 levels); the same for every tensor, and costly to compute again for each.
+_BOUNDS_CACHE_ELEMENTS = 1 << 22
+_bounds_cache: dict[int, np.ndarray] = {}
+
+
+def _group_bounds(levels: int, rows: int) -> Callable[[int, int], np.ndarray]:
+    """A function of a range ``start .. stop`` of thresholds ``i`` (in bins, ``stop <=
+    rows``) to the bins where each of their ``levels`` groups starts: the
+    ``(stop - start, levels + 1)`` intp array of ``floor(i * g / levels)``, ``g = 0 ..
+    levels`` (a view into a cache when it fits :data:`_BOUNDS_CACHE_ELEMENTS`)."""
+    # int32 where it cannot overflow: integer division is several times faster there.
+    index_type = np.int32 if rows * levels < 2**31 else np.int64
+    groups: np.ndarray = np.arange(levels + 1, dtype=index_type)
+
+    def computed(start: int, stop: int) -> np.ndarray:
+        kept: np.ndarray = np.arange(start, stop, dtype=index_type)
+        return ((kept[:, None] * groups[None, :]) // levels).astype(np.intp)
+
+    # Sized for the default histogram at once where that fits, so that it is built once.
+    size = max(rows, DEFAULT_NUM_BINS + 1)
+    if size * (levels + 1) > _BOUNDS_CACHE_ELEMENTS:
+        size = rows
+    if size * (levels + 1) > _BOUNDS_CACHE_ELEMENTS:
+        return computed
+    table = _bounds_cache.get(levels)
+    if table is None or table.shape[0] < rows:
+        table = computed(0, size)
+        _bounds_cache[levels] = table
+    cached = table
+    return lambda start, stop: cached[start:stop]
 
 
 def entropy_num_bins(options: Mapping[str, Any], num_quantized_bins: int) -> int:

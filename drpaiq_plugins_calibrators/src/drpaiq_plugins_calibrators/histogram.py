@@ -31,6 +31,7 @@ independent of the number of batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +158,7 @@ def count_bins_numpy(flat: np.ndarray, scale: np.float32, offset: int, counts: n
     return int(flat.size - np.count_nonzero(np.left_shift(flat.view(np.int32), 1)))
 
 
+_compiled_count_bins: Callable[[np.ndarray, float, int, np.ndarray], int] | None
 try:
     from drpaiq_plugins_calibrators._binning import count_bins as _compiled_count_bins
 except ImportError:  # built without a C compiler: the NumPy path gives the same counts
