@@ -174,7 +174,8 @@ def test_chunks_from_several_readers_merge_to_one_pass(method: str) -> None:
 
 
 def test_small_batches_of_a_dynamic_batch_model_are_stacked() -> None:
-    data = images(6)
+    # 24 samples: enough for runs of several at once (a few are spread over more runs).
+    data = images(24)
     result = calibrate(conv_relu_add_model(), ["y"], ArrayReader(data, 1), builtin("minmax"))
     # Runs of several samples at once: the batch dimension varies and is reported so.
     assert result.shapes["y"] == (None, 4, 6, 6)
@@ -184,6 +185,17 @@ def test_small_batches_of_a_dynamic_batch_model_are_stacked() -> None:
         [reference.min(), reference.max()],
         rtol=1e-5,
     )
+
+
+def test_a_few_samples_are_spread_over_several_runs() -> None:
+    calibrator = builtin("minmax")
+    with ActivationRunner(conv_relu_add_model(), ["y"]) as runner:
+        stats = runner.run_pass(
+            ArrayReader(images(16), 1), calibrator, runner.new_stats(calibrator), quiet=True
+        )
+        # The first sample runs alone, the other 15 in runs of 2: at least 8 runs.
+        assert runner._group_samples == 2
+    assert stats.samples == 16
 
 
 def batch_unsafe_model(batch_dim: str | int) -> onnx.ModelProto:
