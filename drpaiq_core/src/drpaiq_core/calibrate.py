@@ -374,9 +374,13 @@ class ActivationRunner:
         *,
         quiet: bool = False,
         desc: str | None = None,
+        read_ahead: Prefetch[Batch] | None = None,
     ) -> CalibrationStats:
         """Run the reader's data once through the model and fold every tensor's finite
         values into ``stats`` (updated in place and returned).
+
+        :param read_ahead: the reader's batches, already being read ahead (see
+            :func:`read_ahead_of`); by default the reader is started here.
 
         :raises UserError: when ONNX Runtime fails on a batch (naming the inputs and the
             sample), when the reader yields nothing, or when a later pass yields a
@@ -394,12 +398,7 @@ class ActivationRunner:
         # the folds follow in order in another (same results as one after the other).
         with (
             Counter(total=total, desc=label, unit="img", quiet=quiet) as counter,
-            Prefetch(
-                _batches(reader),
-                depth=_PREFETCH_BATCHES,
-                max_bytes=_PREFETCH_BYTES,
-                size=_feed_bytes,
-            ) as batches,
+            read_ahead or read_ahead_of(reader) as batches,
             OrderedWorker(fold, depth=_PENDING_RUNS) as folder,
         ):
             for run in self._runs(iter(batches)):
@@ -545,6 +544,15 @@ class ActivationRunner:
         )
 
 
+def read_ahead_of(reader: Reader) -> Prefetch[Batch]:
+    """Start reading ``reader``'s batches in a background thread, a few runs' worth
+    ahead (:data:`_PREFETCH_BATCHES`, :data:`_PREFETCH_BYTES`); a context manager that
+    stops the thread on leaving."""
+    return Prefetch(
+        _batches(reader), depth=_PREFETCH_BATCHES, max_bytes=_PREFETCH_BYTES, size=_feed_bytes
+    )
+
+
 def finish(
     calibrator: Calibrator,
     stats: CalibrationStats,
@@ -628,7 +636,9 @@ def calibrate(
     :param workdir: where a model of 2 GB or more is staged for ONNX Runtime.
     :raises UserError: no samples, or ONNX Runtime failing on the data.
     """
-    with ActivationRunner(model, tensors, workdir=workdir) as runner:
+    # The reader starts on the first images while ONNX Runtime builds the session.
+    first_pass = read_ahead_of(reader)
+    with first_pass, ActivationRunner(model, tensors, workdir=workdir) as runner:
         stats = runner.new_stats(calibrator)
         for pass_index in range(calibrator.PASSES):
             if pass_index:
@@ -636,7 +646,14 @@ def calibrate(
                     name: calibrator.next_pass(state, pass_index)
                     for name, state in stats.states.items()
                 }
-            runner.run_pass(reader, calibrator, stats, pass_index, quiet=quiet)
+            runner.run_pass(
+                reader,
+                calibrator,
+                stats,
+                pass_index,
+                quiet=quiet,
+                read_ahead=None if pass_index else first_pass,
+            )
     return finish(calibrator, stats, quiet=quiet, debug_dir=debug_dir)
 
 
