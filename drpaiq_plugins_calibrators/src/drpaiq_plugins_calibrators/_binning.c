@@ -58,6 +58,23 @@ get_buffer(PyObject *obj, Py_buffer *view, int writable, char kind, const char *
     return 0;
 }
 
+/* Adds value v to counts; returns 0, counting nothing, when its bin is outside
+ * 0 .. nbins - 1 (checked as a float first: casting a NaN or a huge value is undefined). */
+static inline int
+bin_value(float v, float scale, Py_ssize_t offset, Py_ssize_t nbins, uint32_t *counts,
+          Py_ssize_t *zeros)
+{
+    const float product = v * scale;
+    if (!(product > -9.0e15f && product < 9.0e15f))
+        return 0;
+    const Py_ssize_t j = (Py_ssize_t)product + offset;
+    if (j < 0 || j >= nbins)
+        return 0;
+    *zeros += (v == 0.0f);
+    counts[j]++;
+    return 1;
+}
+
 static PyObject *
 count_bins(PyObject *self, PyObject *args)
 {
@@ -98,41 +115,12 @@ count_bins(PyObject *self, PyObject *args)
     Py_ssize_t i = 0;
     while (i < n && !bad) {
         const Py_ssize_t stop = n - i > CHUNK ? i + CHUNK : n;
-        for (; i + LANES <= stop; i += LANES) {
-            for (int lane = 0; lane < LANES; lane++) {
-                const float v = x[i + lane];
-                const float product = v * scale;
-                /* Checked as a float first: casting a NaN or a huge value is undefined. */
-                if (!(product > -9.0e15f && product < 9.0e15f)) {
-                    bad = 1;
-                    break;
-                }
-                const Py_ssize_t j = (Py_ssize_t)product + offset;
-                if (j < 0 || j >= nbins) {
-                    bad = 1;
-                    break;
-                }
-                zeros += (v == 0.0f);
-                lanes[(size_t)lane * (size_t)nbins + (size_t)j]++;
-            }
-            if (bad)
-                break;
-        }
-        for (; i < stop && !bad; i++) {
-            const float v = x[i];
-            const float product = v * scale;
-            if (!(product > -9.0e15f && product < 9.0e15f)) {
-                bad = 1;
-                break;
-            }
-            const Py_ssize_t j = (Py_ssize_t)product + offset;
-            if (j < 0 || j >= nbins) {
-                bad = 1;
-                break;
-            }
-            zeros += (v == 0.0f);
-            lanes[j]++;
-        }
+        for (; i + LANES <= stop && !bad; i += LANES)
+            for (int lane = 0; lane < LANES; lane++)
+                bad |= !bin_value(x[i + lane], scale, offset, nbins,
+                                  lanes + (size_t)lane * (size_t)nbins, &zeros);
+        for (; i < stop && !bad; i++)
+            bad |= !bin_value(x[i], scale, offset, nbins, lanes, &zeros);
         if (bad)
             break;
         for (int lane = 0; lane < LANES; lane++) {
