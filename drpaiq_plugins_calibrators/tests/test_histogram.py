@@ -189,6 +189,18 @@ def test_the_compiled_loop_refuses_values_outside_the_counts(bad: float) -> None
 
 
 @pytest.mark.skipif(not histogram.COMPILED, reason="the compiled loop was not built")
+def test_the_compiled_loop_checks_the_extremes_it_is_given() -> None:
+    values = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    counts = np.zeros(4, dtype=np.int64)
+    assert histogram.count_bins(values, np.float32(1.0), 0, counts, extremes=(1.0, 3.0)) == 0
+    assert counts.tolist() == [0, 1, 1, 1]
+    for extremes in [(1.0, 4.0), (-1.0, 3.0), (3.0, 1.0), (float("nan"), 3.0)]:
+        with pytest.raises(ValueError, match="outside the counts"):
+            histogram.count_bins(values, np.float32(1.0), 0, counts, extremes=extremes)
+    assert counts.tolist() == [0, 1, 1, 1]  # untouched
+
+
+@pytest.mark.skipif(not histogram.COMPILED, reason="the compiled loop was not built")
 def test_the_compiled_loop_refuses_other_arrays() -> None:
     counts = np.zeros(4, dtype=np.int64)
     with pytest.raises(TypeError, match="float32"):

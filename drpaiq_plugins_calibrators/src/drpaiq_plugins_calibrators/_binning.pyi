@@ -2,4 +2,6 @@
 
 from typing import Any
 
-def count_bins(values: Any, scale: float, offset: int, counts: Any, /) -> int: ...
+def count_bins(
+    values: Any, scale: float, offset: int, counts: Any, low: float, high: float, /
+) -> int: ...
