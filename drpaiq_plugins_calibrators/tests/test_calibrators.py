@@ -200,6 +200,21 @@ def test_entropy_search_picks_the_least_divergence_among_admissible_thresholds()
     assert found.details["threshold_high"] == (128 + int(np.argmin(admissible))) * state.width
 
 
+@pytest.mark.parametrize("size", [200, 200_000])
+def test_entropy_keeps_the_maximum_when_nothing_may_be_clipped(size: int) -> None:
+    """With too few values for even one to be clipped (200 * 0.0001 < 1), or a bound that
+    admits no clipping, the one admissible threshold is the last occupied bin's edge."""
+    rng = np.random.default_rng(8)
+    values = heavy_tailed(rng, size)
+    calibrator = EntropyCalibrator({"entropy_max_clip": "1e-9"} if size > 200 else None)
+    state = calibrator.new_state()
+    calibrator.collect(state, values, 0)
+    found = calibrator.compute(state)
+    counts = found.details["searched_high"]
+    assert found.details["threshold_high"] == counts.size * state.width
+    assert (found.rmin, found.rmax) == (state.vmin, state.vmax)
+
+
 def test_entropy_clips_heavy_tails_well_inside_the_maximum() -> None:
     rng = np.random.default_rng(0)
     values = heavy_tailed(rng, 400_000)

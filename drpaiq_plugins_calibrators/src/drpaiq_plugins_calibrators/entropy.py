@@ -326,6 +326,9 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
         total = float(kept[-1])
         admissible = total - kept <= self.max_clip * total  # True from some bin on
         first = max(self.num_quantized_bins, int(np.argmax(admissible)) + 1)
+        if first >= counts.size:
+            # Only the threshold that clips nothing is admissible: no divergence to compare.
+            return counts.size * state.width, counts
         curve = kl_divergence_curve(counts, self.num_quantized_bins, first)
         return (first + int(np.argmin(curve))) * state.width, counts
 
