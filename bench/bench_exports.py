@@ -37,13 +37,12 @@ integer shape arithmetic it counts apart.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -182,18 +181,6 @@ def sqnr(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) -> fl
     if noise == 0.0:
         return float("inf")
     return float(10.0 * np.log10(float(np.sum(signal**2)) / noise))
-
-
-@contextlib.contextmanager
-def inside(folder: Path) -> Iterator[None]:
-    """Run the block with ``folder`` as the working directory: ONNX Runtime's symbolic
-    shape inference leaves ``sym_shape_infer_temp.onnx`` files in it when it fails."""
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 # -- Quantizing ---------------------------------------------------------------------
@@ -394,11 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.ERROR)
 
     rows: list[Row] = []
+    from drpaiq_core.preprocess import working_directory
+
     with tempfile.TemporaryDirectory(prefix="bench-exports-") as tmp:
         scratch = Path(tmp)
         folder = args.keep.resolve() if args.keep else scratch
         folder.mkdir(parents=True, exist_ok=True)
-        with inside(scratch):
+        with working_directory(scratch):
             warm_up(specs[0], args.opset, scratch)
             for spec in specs:
                 for row in bench_model(spec, methods, args.opset, folder, scratch):

@@ -176,9 +176,13 @@ def preprocess_settings(config: QuantizeConfig) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _working_directory(folder: Path) -> Iterator[None]:
-    # ONNX Runtime's symbolic shape inference saves "sym_shape_infer_temp.onnx" into
-    # the current directory when it fails; run it in the staging folder instead.
+def working_directory(folder: Path) -> Iterator[None]:
+    """Run the block with ``folder`` as the current directory (restored afterwards).
+
+    ONNX Runtime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` into the
+    current directory when it fails; pre-processing runs it in its staging folder.
+    (``contextlib.chdir`` does the same from Python 3.11 on.)
+    """
     previous = os.getcwd()
     os.chdir(folder)
     try:
@@ -205,7 +209,7 @@ def _run(input_path: Path, output_path: Path, settings: dict[str, Any]) -> None:
     ort_logger.propagate = False
     ort_logger.setLevel(logging.DEBUG if settings.get("verbose") else logging.WARNING)
     try:
-        with _working_directory(output_path.parent), _ort_tools_without_torch():
+        with working_directory(output_path.parent), _ort_tools_without_torch():
             quant_pre_process(str(input_path), str(output_path), **settings)
     finally:
         ort_logger.removeHandler(captured)
