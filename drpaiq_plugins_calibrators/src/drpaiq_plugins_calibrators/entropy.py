@@ -216,7 +216,9 @@ def _group_bounds(levels: int, rows: int) -> Callable[[int, int], np.ndarray]:
     table = _bounds_cache.get(levels)
     if table is None or table.shape[0] < rows:
         # In place in int64: a third faster to build than the int32 way, and built once.
-        table = np.multiply.outer(np.arange(size, dtype=np.intp), np.arange(levels + 1))
+        table = np.multiply.outer(
+            np.arange(size, dtype=np.intp), np.arange(levels + 1, dtype=np.intp)
+        )
         table //= levels
         _bounds_cache[levels] = table
     cached = table
