@@ -199,13 +199,13 @@ def _group_bounds(levels: int, rows: int) -> Callable[[int, int], np.ndarray]:
     rows``) to the bins where each of their ``levels`` groups starts: the
     ``(stop - start, levels + 1)`` intp array of ``floor(i * g / levels)``, ``g = 0 ..
     levels`` (a view into a cache when it fits :data:`_BOUNDS_CACHE_ELEMENTS`)."""
-    # int32 where it cannot overflow: integer division is several times faster there.
-    index_type = np.int32 if rows * levels < 2**31 else np.int64
-    groups: np.ndarray = np.arange(levels + 1, dtype=index_type)
+    groups = np.arange(levels + 1, dtype=np.intp)
 
     def computed(start: int, stop: int) -> np.ndarray:
-        kept: np.ndarray = np.arange(start, stop, dtype=index_type)
-        return ((kept[:, None] * groups[None, :]) // levels).astype(np.intp)
+        # In place in intp: a third faster than through int32 and a cast.
+        bounds = np.multiply.outer(np.arange(start, stop, dtype=np.intp), groups)
+        bounds //= levels
+        return bounds
 
     # Sized for the default histogram at once where that fits, so that it is built once.
     size = max(rows, DEFAULT_NUM_BINS + 1)
@@ -215,11 +215,7 @@ def _group_bounds(levels: int, rows: int) -> Callable[[int, int], np.ndarray]:
         return computed
     table = _bounds_cache.get(levels)
     if table is None or table.shape[0] < rows:
-        # In place in int64: a third faster to build than the int32 way, and built once.
-        table = np.multiply.outer(
-            np.arange(size, dtype=np.intp), np.arange(levels + 1, dtype=np.intp)
-        )
-        table //= levels
+        table = computed(0, size)
         _bounds_cache[levels] = table
     cached = table
     return lambda start, stop: cached[start:stop]
