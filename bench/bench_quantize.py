@@ -208,7 +208,9 @@ def top1_and_time(
     return 100.0 * float(np.mean(predictions == labels)), ms
 
 
-def quantize_drpaiq(sample: Sample, method: str, out: Path, bias_correction: bool = False) -> float:
+def quantize_drpaiq(
+    sample: Sample, method: str, out: Path, options: dict[str, str] | None = None
+) -> float:
     from drpaiq_core.config import QuantizeConfig
     from drpaiq_core.pipeline import quantize
 
@@ -223,7 +225,7 @@ def quantize_drpaiq(sample: Sample, method: str, out: Path, bias_correction: boo
             norm_mean=sample.mean,
             norm_std=sample.std,
             quiet=True,
-            options={"bias_correction": "True"} if bias_correction else {},
+            options=dict(options or {}),
         )
     )
     return time.perf_counter() - start
@@ -258,7 +260,17 @@ def main() -> int:
         action="store_true",
         help="quantize with drpaiq's advanced option bias_correction True",
     )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an advanced option for drpaiq (repeatable), e.g. --option num_bins=4096",
+    )
     args = parser.parse_args()
+    options = dict(item.split("=", 1) for item in args.option)
+    if args.bias_correction:
+        options["bias_correction"] = "True"
     logging.getLogger("drpaiq").setLevel(logging.WARNING)
     logging.getLogger().setLevel(logging.ERROR)
     train = args.test_set == "fashion-mnist-train"
@@ -291,7 +303,7 @@ def main() -> int:
             for method in args.methods.split(","):
                 ours = workdir / f"{sample.name}_{method}_drpaiq.onnx"
                 theirs = workdir / f"{sample.name}_{method}_ort.onnx"
-                t_ours = quantize_drpaiq(sample, method, ours, args.bias_correction)
+                t_ours = quantize_drpaiq(sample, method, ours, options)
                 t_theirs = quantize_ort(sample, method, theirs, workdir)
                 pred_ours, ms_ours = predictions_and_time(ours, feeds)
                 pred_theirs, ms_theirs = predictions_and_time(theirs, feeds)
@@ -332,7 +344,11 @@ def main() -> int:
     print(
         f"images per model: {len(labels)} from {source}; calibration images: "
         "samples/data/calibrate; flips: images whose INT8 top-1 differs from FP32's"
-        + ("; drpaiq with bias_correction True" if args.bias_correction else "")
+        + (
+            "; drpaiq with " + ", ".join(f"{k} {v}" for k, v in sorted(options.items()))
+            if options
+            else ""
+        )
     )
     print("\n".join(rows))
     print("targets (issue 3):")
