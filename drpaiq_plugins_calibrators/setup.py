@@ -1,20 +1,24 @@
-"""Build the optional compiled histogram loop (everything else is in pyproject.toml).
+"""Build the optional compiled loops (everything else is in pyproject.toml).
 
 ``optional=True``: on a machine without a C compiler the install still succeeds and the
-histogram calibrators use their NumPy path, which gives the same counts, more slowly.
+calibrators use their NumPy paths: the histogram loop gives the same counts and the
+Entropy search the same divergences (to rounding), more slowly.
 """
 
 import sys
 
 from setuptools import Extension, setup
 
+ARGS = [] if sys.platform == "win32" else ["-O3"]
+
 setup(
     ext_modules=[
         Extension(
-            "drpaiq_plugins_calibrators._binning",
-            ["src/drpaiq_plugins_calibrators/_binning.c"],
-            extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
+            f"drpaiq_plugins_calibrators.{name}",
+            [f"src/drpaiq_plugins_calibrators/{name}.c"],
+            extra_compile_args=ARGS,
             optional=True,
         )
+        for name in ("_binning", "_divergence")
     ]
 )

@@ -192,15 +192,15 @@ def test_entropy_num_bins_says_why_and_how_to_fix():
     one_line(
         err,
         "num_bins 128",
-        "2 x num_quantized_bins = 256",
-        "raise num_bins to 256",
-        "lower num_quantized_bins to 64",
+        "2 x (2 x num_quantized_bins - 1) = 510",
+        "raise num_bins to 510",
+        "lower num_quantized_bins to 32",
         "default is 2048",
     )
     with pytest.raises(UserError) as err:
         EntropyCalibrator({"num_bins": "512", "num_quantized_bins": "1024"})
-    one_line(err, "2 x num_quantized_bins = 2048", "num_quantized_bins is 1024", "to 256")
-    assert EntropyCalibrator({"num_bins": "256"}).num_bins == 256
+    one_line(err, "num_quantized_bins - 1) = 4094", "num_quantized_bins is 1024", "to 128")
+    assert EntropyCalibrator({"num_bins": "510"}).num_bins == 510
 
 
 def test_num_bins_below_the_core_minimum_says_why():

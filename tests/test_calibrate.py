@@ -139,7 +139,7 @@ def test_minmax_ranges_match_numpy_and_shapes_are_observed() -> None:
 def test_batch_size_and_order_do_not_change_the_ranges(method: str) -> None:
     data = images(32)
     model = conv_relu_add_model()
-    calibrator = builtin(method, num_bins=256)
+    calibrator = builtin(method, num_bins=512)
     reference = calibrate(model, TENSORS, ArrayReader(data, 1), calibrator, quiet=True)
     for batch_size in (8, 32):
         got = calibrate(model, TENSORS, ArrayReader(data, batch_size), calibrator, quiet=True)

@@ -188,7 +188,10 @@ def test_advanced_options_after_all_options(workdir):
     assert result.exit_code == 0, result.stderr
     floats = json.loads((workdir / "s.json").read_text())["float_nodes"]
     assert "Tanh_4" in floats
-    assert any(p.suffix == ".json" for p in debug.iterdir())
+    # Symmetric activations: each side was searched with num_quantized_bins levels.
+    tensors = json.loads((debug / "calibration.json").read_text())["tensors"].values()
+    sides = [t[k] for t in tensors for k in ("levels_low", "levels_high") if k in t]
+    assert sides and set(sides) == {64}
     model = onnx.load(str(workdir / "q.onnx"))
     # activation_zeropoint False: symmetric activations, every int8 zero point is 0.
     for init in model.graph.initializer:
@@ -259,11 +262,11 @@ def test_one_path_given_under_two_spellings_is_fine(workdir):
     [
         (
             "-cm Entropy num_bins 128",
-            ("2 x num_quantized_bins = 256", "raise num_bins", "2048", "num_quantized_bins to"),
+            ("num_quantized_bins - 1) = 510", "raise num_bins", "2048", "num_quantized_bins to"),
         ),
         (
             "-cm Entropy num_bins 512 num_quantized_bins 1024",
-            ("2 x num_quantized_bins = 2048", "lower num_quantized_bins to 256"),
+            ("num_quantized_bins - 1) = 4094", "lower num_quantized_bins to 128"),
         ),
         ("-cm Entropy num_bins 0", ("at least 16", "2 x num_quantized_bins", "2048")),
         ("-cm Percentile num_bins 100000", ("Percentile", "65536", "2048")),

@@ -12,7 +12,8 @@ import pytest
 from drpaiq_core.errors import UserError
 from drpaiq_core.plugin_api import Calibrator, TensorRange
 from drpaiq_core.plugins import get_plugin_host
-from drpaiq_plugins_calibrators.entropy import SMOOTHING, EntropyCalibrator, kl_divergence_curve
+from drpaiq_plugins_calibrators.divergence import kl_divergence_curve
+from drpaiq_plugins_calibrators.entropy import DEFAULT_MAX_CLIP, EntropyCalibrator, side_levels
 from drpaiq_plugins_calibrators.minmax import MinMaxCalibrator
 from drpaiq_plugins_calibrators.percentile import PercentileCalibrator
 from hypothesis import given, settings
@@ -64,7 +65,7 @@ def test_chunks_merged_in_any_order_give_exactly_one_pass(
         (rng.standard_t(3, size=(4, 6, 6)) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
         for _ in range(64)
     ]
-    calibrator = cls({"num_bins": 256})
+    calibrator = cls({"num_bins": 512})
     reference = run(calibrator, [np.stack(images)])
     for batch_size in (1, 8, 32):
         batches = [np.stack(images[i : i + batch_size]) for i in range(0, 64, batch_size)]
@@ -127,65 +128,6 @@ def test_minmax_is_the_extremes() -> None:
 # ---------------------------------------------------------------------------
 
 
-def kl_loop(counts: np.ndarray, levels: int) -> np.ndarray:
-    """The KL curve written the slow, obvious way: one candidate at a time."""
-    h = counts.astype(np.float64)
-    out = []
-    for kept in range(levels, h.size + 1):
-        if h[:kept].sum() == 0:
-            out.append(np.inf)
-            continue
-        p = h[:kept].copy()
-        p[-1] += h[kept:].sum()
-        q = np.zeros(kept)
-        bounds = [g * kept // levels for g in range(levels + 1)]
-        for a, b in itertools.pairwise(bounds):
-            nonzero = p[a:b] > 0
-            if nonzero.any():
-                q[a:b][nonzero] = h[a:b].sum() / nonzero.sum() + SMOOTHING
-        p /= p.sum()
-        q /= q.sum()
-        mask = p > 0
-        out.append(float(np.sum(p[mask] * np.log(p[mask] / q[mask]))))
-    return np.array(out)
-
-
-@pytest.mark.parametrize("levels", [8, 128])
-def test_vectorized_kl_curve_equals_the_loop(levels: int) -> None:
-    rng = np.random.default_rng(3)
-    counts = np.bincount(
-        np.minimum((np.abs(rng.standard_t(3, 20_000)) * 30).astype(int), 399), minlength=400
-    )
-    counts[250:300] = 0  # an empty stretch: groups with no mass, clipped mass landing there
-    counts[-1] = 2
-    np.testing.assert_allclose(
-        kl_divergence_curve(counts, levels), kl_loop(counts, levels), rtol=1e-9, atol=1e-12
-    )
-
-
-@pytest.mark.parametrize("levels", [8, 128, 1000])
-def test_kl_curve_is_the_same_with_the_group_bounds_cached_or_not(
-    levels: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    rng = np.random.default_rng(6)
-    counts = np.bincount((np.abs(rng.standard_t(2, 30_000)) * 40).astype(int) % 2500)
-    counts[1500:1600] = 0
-    cached = kl_divergence_curve(counts, levels)
-    monkeypatch.setattr(entropy, "_BOUNDS_CACHE_ELEMENTS", 0)
-    monkeypatch.setattr(entropy, "_bounds_cache", {})
-    np.testing.assert_array_equal(kl_divergence_curve(counts, levels), cached)
-
-
-def test_kl_curve_from_a_later_candidate_is_the_tail_of_the_whole_curve() -> None:
-    """The search computes only the admissible thresholds; their values must not depend
-    on where the computation starts."""
-    rng = np.random.default_rng(4)
-    counts = np.bincount((np.abs(rng.standard_t(2, 50_000)) * 40).astype(int) % 3000)
-    whole = kl_divergence_curve(counts, 128)
-    for first in (128, 129, 1000, counts.size - 1, counts.size):
-        np.testing.assert_array_equal(kl_divergence_curve(counts, 128, first), whole[first - 128 :])
-
-
 def test_entropy_search_picks_the_least_divergence_among_admissible_thresholds() -> None:
     rng = np.random.default_rng(5)
     values = heavy_tailed(rng, 200_000)
@@ -193,11 +135,11 @@ def test_entropy_search_picks_the_least_divergence_among_admissible_thresholds()
     state = calibrator.new_state()
     calibrator.collect(state, values, 0)
     found = calibrator.compute(state)
-    counts = found.details["searched_high"]
-    whole = kl_divergence_curve(counts, 128)
-    clipped = counts.sum() - np.cumsum(counts)[127:]
+    counts, levels = found.details["searched_high"], found.details["levels_high"]
+    whole = kl_divergence_curve(counts, levels)
+    clipped = counts.sum() - np.cumsum(counts)[levels - 1 :]
     admissible = np.where(clipped <= calibrator.max_clip * counts.sum(), whole, np.inf)
-    assert found.details["threshold_high"] == (128 + int(np.argmin(admissible))) * state.width
+    assert found.details["threshold_high"] == (levels + int(np.argmin(admissible))) * state.width
 
 
 @pytest.mark.parametrize("size", [200, 200_000])
@@ -234,11 +176,12 @@ def test_entropy_ignores_rare_far_outliers() -> None:
     values = heavy_tailed(rng, 400_000, outliers=40)
     entropy = run(EntropyCalibrator(), [values])
     # The extremes are near +-1000; the bulk lives within about +-13. Each side's
-    # threshold lands near the finest one the histogram allows (128 of its bins), an
-    # order of magnitude below the outliers.
-    finest = 128 * entropy.details["bin_width"]
-    assert finest <= entropy.rmax < 0.1 * float(values.max())
-    assert -finest >= entropy.rmin > 0.1 * float(values.min())
+    # threshold lands near the finest one the histogram allows (one bin per level of
+    # the side, about 127 of the 255), an order of magnitude below the outliers.
+    width = entropy.details["bin_width"]
+    assert entropy.details["levels_high"] + entropy.details["levels_low"] == 255
+    assert entropy.details["levels_high"] * width <= entropy.rmax < 0.1 * float(values.max())
+    assert -entropy.details["levels_low"] * width >= entropy.rmin > 0.1 * float(values.min())
 
 
 def test_entropy_on_relu_outputs_searches_zero_to_max() -> None:
@@ -248,6 +191,64 @@ def test_entropy_on_relu_outputs_searches_zero_to_max() -> None:
     assert got.rmin == 0.0
     assert 3.0 < got.rmax < float(values.max())
     assert "threshold_low" not in got.details
+
+
+def test_side_levels_split_the_asymmetric_steps_in_proportion() -> None:
+    assert side_levels(128, True, 5.0, 0.0) == (128, 128)
+    assert side_levels(128, False, 5.0, 0.0) == (255, 0)
+    assert side_levels(128, False, 0.0, 2.0) == (0, 255)
+    assert side_levels(128, False, 3.0, 1.0) == (191, 64)
+    assert side_levels(64, False, 1.0, 1.0) == (64, 63)
+    # A side with values keeps at least 2 levels.
+    assert side_levels(128, False, 1e6, 1.0) == (253, 2)
+    assert side_levels(128, False, 1.0, 1e6) == (2, 253)
+
+
+def test_entropy_searches_a_relu_output_with_all_the_steps() -> None:
+    rng = np.random.default_rng(2)
+    values = np.maximum(heavy_tailed(rng, 200_000), 0.0)
+    asymmetric = run(EntropyCalibrator(), [values])
+    symmetric = run(EntropyCalibrator({"activation_symmetric": "True"}), [values])
+    assert asymmetric.details["levels_high"] == 255
+    assert symmetric.details["levels_high"] == 128
+    # Each picked the least divergence among the admissible thresholds at its levels.
+    for found in (asymmetric, symmetric):
+        counts, levels = found.details["searched_high"], found.details["levels_high"]
+        clipped = counts.sum() - np.cumsum(counts)[levels - 1 :]
+        curve = kl_divergence_curve(counts, levels)
+        admissible = np.where(clipped <= DEFAULT_MAX_CLIP * counts.sum(), curve, np.inf)
+        width = found.details["bin_width"]
+        assert found.rmax == (levels + int(np.argmin(admissible))) * width
+
+
+def test_entropy_splits_the_levels_of_signed_data_by_its_thresholds() -> None:
+    rng = np.random.default_rng(3)
+    bulk = heavy_tailed(rng, 300_000)
+    values = np.where(bulk > 0, 3.0 * bulk, bulk).astype(np.float32)
+    calibrator = EntropyCalibrator()
+    state = calibrator.collect(calibrator.new_state(), values, 0)
+    got = calibrator.compute(state)
+    high, low = got.details["levels_high"], got.details["levels_low"]
+    assert high + low == 255 and high > 2 * low
+    # First searched with the split of the extremes, then with the split of the
+    # thresholds that search found.
+    split = side_levels(128, False, state.vmax, -state.vmin)
+    found = [
+        entropy._Side(state, negative=sign, max_clip=DEFAULT_MAX_CLIP).search(levels)[0]
+        for sign, levels in ((False, split[0]), (True, split[1]))
+    ]
+    assert (high, low) == side_levels(128, False, *found)
+    assert (got.rmax, -got.rmin) == tuple(
+        entropy._Side(state, negative=sign, max_clip=DEFAULT_MAX_CLIP).search(levels)[0]
+        for sign, levels in ((False, high), (True, low))
+    )
+    symmetric = run(EntropyCalibrator({"activation_symmetric": "True"}), [values])
+    assert (symmetric.details["levels_high"], symmetric.details["levels_low"]) == (128, 128)
+
+
+def test_activation_symmetric_must_be_true_or_false() -> None:
+    with pytest.raises(UserError, match="activation_symmetric must be True or False"):
+        EntropyCalibrator({"activation_symmetric": "maybe"})
 
 
 def test_entropy_keeps_each_side_of_an_image_input() -> None:
@@ -264,12 +265,17 @@ def test_entropy_keeps_each_side_of_an_image_input() -> None:
 
 def test_too_few_bins_for_a_search_are_refused() -> None:
     # The reference's histogram of 128 bins for 128 levels leaves a single candidate,
-    # so its "Entropy" is MinMax; drpaiq asks for at least two bins per level.
-    with pytest.raises(UserError, match="needs at least 2 x num_quantized_bins = 256"):
+    # so its "Entropy" is MinMax; drpaiq asks for at least two bins per level of the
+    # 255 a side may get.
+    with pytest.raises(UserError, match=r"needs at least 2 x \(2 x num_quantized_bins - 1\) = 510"):
         EntropyCalibrator({"num_bins": "128", "num_quantized_bins": "128"})
     rng = np.random.default_rng(4)
-    values = heavy_tailed(rng, 100_000)
-    got = run(EntropyCalibrator({"num_bins": "256", "num_quantized_bins": "128"}), [values])
+    # At the minimum, a one-sided range (all 255 levels on one side) still has
+    # thresholds to choose from.
+    values = np.abs(heavy_tailed(rng, 100_000))
+    got = run(EntropyCalibrator({"num_bins": "510", "num_quantized_bins": "128"}), [values])
+    assert got.details["levels_high"] == 255
+    assert got.details["searched_high"].size > 255
     assert got.rmax < float(values.max())
 
 

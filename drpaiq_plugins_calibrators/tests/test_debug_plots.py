@@ -65,6 +65,9 @@ def test_entropy_report_writes_plots_and_json(tmp_path: Path) -> None:
     assert conv["rmax"] == ranges["conv1/out:0"].rmax
     assert conv["histogram_bins"] > 2048 and conv["bin_width"] > 0
     assert "threshold_low" not in document["tensors"]["relu"]
+    # Levels per side: all 255 steps for the one-sided ReLU output, a split for signed.
+    assert document["tensors"]["relu"]["levels_high"] == 255
+    assert conv["levels_high"] + conv["levels_low"] == 255
     assert document["tensors"][""]["empty"] is True
     pngs = sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
     # One plot per tensor that had values; every file stays inside the folder.

@@ -98,14 +98,19 @@ ADVANCED_OPTIONS: tuple[AdvancedOption, ...] = (
         "num_bins",
         "int",
         "histogram bins of Entropy/Percentile calibration (default 2048; Entropy needs at "
-        "least 2 x num_quantized_bins)",
+        "least 2 x (2 x num_quantized_bins - 1))",
         minimum=16,
         bounds="Entropy and Percentile calibration need at least 16 histogram bins per sign, "
-        "Entropy at least 2 x num_quantized_bins (256 by default); raise num_bins, or leave "
+        "Entropy at least 2 x (2 x num_quantized_bins - 1) (510 by default); raise num_bins, "
+        "or leave "
         "it out for drpaiq's default of 2048 (not the DRP-AI Quantizer's 128)",
     ),
     AdvancedOption(
-        "num_quantized_bins", "int", "quantized levels of the Entropy search", minimum=2
+        "num_quantized_bins",
+        "int",
+        "quantized levels of a symmetric range's side in the Entropy search (default 128; "
+        "an asymmetric range has 2 x num_quantized_bins - 1)",
+        minimum=2,
     ),
     AdvancedOption(
         "entropy_debug",

@@ -86,6 +86,8 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     rules = exclusion_rules(config)
     calibrator_cls = host.calibrators.get(config.calibrate_method)
     calibrator_options: dict[str, object] = dict(config.options)
+    # The grid the ranges will be quantized to, whichever option chose it.
+    calibrator_options["activation_symmetric"] = str(options.activation_symmetric)
     if config.debug_dir is not None:
         calibrator_options["entropy_debug"] = str(config.debug_dir)
     calibrator = calibrator_cls(calibrator_options)

@@ -165,7 +165,10 @@ class Calibrator(abc.ABC):
     into chunks combine with :meth:`merge` and must give exactly the result of one
     pass. A state's size must not depend on the number of batches.
 
-    :ivar options: advanced options, e.g. ``percentile_value``, ``num_bins``.
+    :ivar options: advanced options, e.g. ``percentile_value``, ``num_bins``. The core
+        also sets ``activation_symmetric`` (``"True"`` or ``"False"``) to the grid the
+        ranges will be quantized to, so that a calibrator can fit a range to the levels
+        it gets.
     """
 
     PLUGIN_NAME: ClassVar[str]

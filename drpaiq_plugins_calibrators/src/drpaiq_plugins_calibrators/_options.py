@@ -66,3 +66,14 @@ def path_option(options: Mapping[str, Any], name: str) -> Path | None:
     if raw is None or str(raw).strip() == "":
         return None
     return Path(str(raw).strip())
+
+
+def bool_option(options: Mapping[str, Any], name: str, default: bool) -> bool:
+    """The boolean option ``name`` (a bool, or ``True``/``False`` in any case)."""
+    raw = options.get(name, default)
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("true", "false"):
+        raise UserError(f"advanced option {name} must be True or False, got {raw!r}")
+    return text == "true"

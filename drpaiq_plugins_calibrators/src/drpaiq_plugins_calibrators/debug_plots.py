@@ -58,7 +58,7 @@ def _tensor_entry(tensor_range: TensorRange) -> dict[str, Any]:
     for key in ("min", "max", "threshold_low", "threshold_high", "bin_width"):
         if key in details:
             entry[key] = _json_number(details[key])
-    for key in ("count", "num_bins", "num_quantized_bins"):
+    for key in ("count", "num_bins", "num_quantized_bins", "levels_low", "levels_high"):
         if key in details:
             entry[key] = int(details[key])
     if "percentile" in details:
@@ -138,12 +138,13 @@ def plot_entropy(figure: Any, name: str, tensor_range: TensorRange) -> None:
         fontsize=9,
     )
     width = float(details["bin_width"])
-    levels = int(details["num_quantized_bins"])
     drawn = False
-    for key, sign, color in (("kl_high", 1.0, "tab:green"), ("kl_low", -1.0, "tab:purple")):
-        curve = details.get(key)
+    for side, sign, color in (("high", 1.0, "tab:green"), ("low", -1.0, "tab:purple")):
+        curve = details.get(f"kl_{side}")
         if curve is None:
             continue
+        # The first candidate keeps one bin per level of the side.
+        levels = int(details[f"levels_{side}"])
         curve = np.asarray(curve)
         thresholds = sign * (levels + np.arange(curve.size)) * width
         finite = np.isfinite(curve)
