@@ -2,7 +2,7 @@
 
 ``optional=True``: on a machine without a C compiler the install still succeeds and the
 calibrators use their NumPy paths: the histogram loop gives the same counts and the
-Entropy search the same divergences (to rounding), more slowly.
+Entropy search the same divergences, bit for bit, more slowly.
 """
 
 import sys
@@ -16,6 +16,7 @@ setup(
         Extension(
             f"drpaiq_plugins_calibrators.{name}",
             [f"src/drpaiq_plugins_calibrators/{name}.c"],
+            depends=["src/drpaiq_plugins_calibrators/_buffers.h"],
             extra_compile_args=ARGS,
             optional=True,
         )

@@ -27,8 +27,7 @@
  * not finite or whose bins fall outside the counts raise ValueError and leave counts
  * untouched.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_buffers.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -39,30 +38,6 @@
 #define LANES 4
 /* Values per flush of the 32-bit lane counters into the 64-bit counts (no overflow). */
 #define CHUNK ((Py_ssize_t)1 << 30)
-
-static int
-get_buffer(PyObject *obj, Py_buffer *view, int writable, char kind, const char *what)
-{
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) != 0)
-        return -1;
-    const char *format = view->format ? view->format : "B";
-    /* Native byte order, with or without the '=' / '@' prefix. */
-    if (format[0] == '@' || format[0] == '=')
-        format++;
-    int ok = 0;
-    if (kind == 'f')
-        ok = view->itemsize == 4 && format[0] == 'f' && format[1] == '\0';
-    else
-        ok = view->itemsize == 8 && (format[0] == 'q' || format[0] == 'l') && format[1] == '\0';
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "count_bins: %s must be a contiguous %s array", what,
-                     kind == 'f' ? "float32" : "int64");
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
 
 /* Whether the bin of x (x * scale truncated, plus offset) is one of nbins counts. */
 static int
@@ -86,9 +61,9 @@ count_bins(PyObject *self, PyObject *args)
                           &high))
         return NULL;
     Py_buffer values, counts;
-    if (get_buffer(values_obj, &values, 0, 'f', "values") != 0)
+    if (get_buffer(values_obj, &values, 0, 'f', "count_bins", "values") != 0)
         return NULL;
-    if (get_buffer(counts_obj, &counts, 1, 'q', "counts") != 0) {
+    if (get_buffer(counts_obj, &counts, 1, 'q', "count_bins", "counts") != 0) {
         PyBuffer_Release(&values);
         return NULL;
     }

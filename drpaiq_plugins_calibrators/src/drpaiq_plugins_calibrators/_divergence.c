@@ -21,29 +21,10 @@
  * this loop does the same additions in one pass, several times faster, which leaves room
  * to search every side with the levels it really gets.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_buffers.h"
 
 /* Candidates summed side by side. */
 #define LANES 4
-
-static int
-get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *what)
-{
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) != 0)
-        return -1;
-    const char *format = view->format ? view->format : "B";
-    if (format[0] == '@' || format[0] == '=')
-        format++;
-    if (view->itemsize != 8 || format[0] != 'd' || format[1] != '\0') {
-        PyErr_Format(PyExc_TypeError, "group_sums: %s must be a contiguous float64 array",
-                     what);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
 
 static PyObject *
 group_sums(PyObject *self, PyObject *args)
@@ -54,9 +35,9 @@ group_sums(PyObject *self, PyObject *args)
                           &out_obj))
         return NULL;
     Py_buffer table, out;
-    if (get_buffer(table_obj, &table, 0, "table") != 0)
+    if (get_buffer(table_obj, &table, 0, 'd', "group_sums", "table") != 0)
         return NULL;
-    if (get_buffer(out_obj, &out, 1, "out") != 0) {
+    if (get_buffer(out_obj, &out, 1, 'd', "group_sums", "out") != 0) {
         PyBuffer_Release(&table);
         return NULL;
     }
