@@ -176,42 +176,28 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
         if details.get("empty"):
             return TensorRange(0.0, 0.0, details)
         details["zeros"] = state.zeros
-        sides = {
-            sign: _Side(state, negative=sign, max_clip=self.max_clip)
-            for sign, has_values in ((False, state.vmax > 0), (True, state.vmin < 0))
-            if has_values
-        }
-        high = low = None
-        if len(sides) == 2 and not self.symmetric:
-            # The split depends on the thresholds, which depend on the split. The
-            # extremes seen give the first split; the thresholds found with it give the
-            # second, with which both sides are searched once more.
-            levels = side_levels(self.num_quantized_bins, False, state.vmax, -state.vmin)
-            high = sides[False].search(levels[0])
-            low = sides[True].search(levels[1])
+        sides = [
+            _Side(state, negative=negative, max_clip=self.max_clip) if has_values else None
+            for negative, has_values in ((False, state.vmax > 0), (True, state.vmin < 0))
+        ]
+        levels = side_levels(self.num_quantized_bins, self.symmetric, state.vmax, -state.vmin)
+        high, low = _search(sides, levels)
+        if high is not None and low is not None and not self.symmetric:
+            # The split depends on the thresholds, which depend on the split: the
+            # extremes seen gave the first; the thresholds found with it give the second,
+            # with which both sides are searched once more.
             given = side_levels(self.num_quantized_bins, False, high[0], low[0])
             if given != levels:
-                high = sides[False].search(given[0])
-                low = sides[True].search(given[1])
-        else:
-            one_side = side_levels(self.num_quantized_bins, self.symmetric, state.vmax, -state.vmin)
-            if False in sides:
-                high = sides[False].search(one_side[0])
-            if True in sides:
-                low = sides[True].search(one_side[1])
+                high, low = _search(sides, given)
         rmin, rmax = state.vmin, state.vmax
         if high is not None:
-            threshold, searched_counts, levels_high = high
+            threshold, searched, count = high
             rmax = min(state.vmax, threshold)
-            details.update(
-                threshold_high=threshold, searched_high=searched_counts, levels_high=levels_high
-            )
+            details.update(threshold_high=threshold, searched_high=searched, levels_high=count)
         if low is not None:
-            threshold, searched_counts, levels_low = low
+            threshold, searched, count = low
             rmin = max(state.vmin, -threshold)
-            details.update(
-                threshold_low=-threshold, searched_low=searched_counts, levels_low=levels_low
-            )
+            details.update(threshold_low=-threshold, searched_low=searched, levels_low=count)
         return TensorRange(rmin, rmax, details)
 
     def report(self, ranges: Mapping[str, TensorRange], debug_dir: Path | None) -> None:
@@ -229,6 +215,17 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
                     )
         settings = {"num_bins": self.num_bins, "num_quantized_bins": self.num_quantized_bins}
         debug_plots.write_report(target, "entropy", settings, ranges, plot=debug_plots.plot_entropy)
+
+
+_Found = tuple[float, np.ndarray | None, int]
+
+
+def _search(sides: list[_Side | None], levels: tuple[int, int]) -> list[_Found | None]:
+    """Each side that has values (positive, negative) searched with its levels."""
+    return [
+        None if side is None else side.search(count)
+        for side, count in zip(sides, levels, strict=True)
+    ]
 
 
 class _Side:
@@ -253,7 +250,7 @@ class _Side:
         self.admissible = int(np.argmax(total - kept <= max_clip * total)) + 1 if kept.size else 0
         self._curves: DivergenceCurves | None = None
 
-    def search(self, levels: int) -> tuple[float, np.ndarray | None, int]:
+    def search(self, levels: int) -> _Found:
         """The threshold (a magnitude) of least divergence at ``levels``, the magnitude
         histogram it was searched on (None when the side is too narrow to clip) and
         ``levels``."""
