@@ -179,15 +179,12 @@ class DivergenceCurves:
             _compiled_group_sums(table, widths, narrowest, levels, first, sums)
             return sums
         flat = table.reshape(-1)
-        block = max(1, _BLOCK_ELEMENTS // levels)
-        bounds_of = _group_bounds(levels, n + 1)
-        for start in range(first, n + 1, block):
-            stop = min(n + 1, start + block)
-            bounds = bounds_of(start, stop)[:, :levels]  # the groups but the last
-            where = bounds[:, :-1] * widths + (np.diff(bounds, axis=1) - narrowest)
-            # A running sum along the groups adds them in order, as the compiled loop does.
-            sums[start - first : stop - first] = np.cumsum(flat[where], axis=1)[:, -1]
-        return sums
+        return _in_order_sums(
+            packed,
+            levels,
+            first,
+            lambda bounds: flat[bounds[:, :-1] * widths + (np.diff(bounds, axis=1) - narrowest)],
+        )
 
 
 def _group_terms(packed: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
@@ -200,16 +197,31 @@ def _group_terms(packed: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.
 
 
 def _direct_sums(packed: np.ndarray, levels: int, first: int) -> np.ndarray:
-    """:func:`_group_sums` with each group's term computed where it is used."""
+    """:meth:`DivergenceCurves._group_sums` with each group's term computed where it is
+    used."""
+    return _in_order_sums(
+        packed, levels, first, lambda bounds: _group_terms(packed, bounds[:, :-1], bounds[:, 1:])
+    )
+
+
+def _in_order_sums(
+    packed: np.ndarray,
+    levels: int,
+    first: int,
+    terms_of: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """For every candidate ``i = first .. n``, in blocks: the sum of the terms that
+    ``terms_of`` gives for the bounds of its groups but the last (a ``(candidates,
+    levels)`` array of group starts; the terms ``(candidates, levels - 1)``)."""
     n = packed.size - 1
     sums = np.empty(n - first + 1)
     block = max(1, _BLOCK_ELEMENTS // levels)
     bounds_of = _group_bounds(levels, n + 1)
     for start in range(first, n + 1, block):
         stop = min(n + 1, start + block)
-        bounds = bounds_of(start, stop)[:, :levels]
-        terms = _group_terms(packed, bounds[:, :-1], bounds[:, 1:])
-        sums[start - first : stop - first] = np.cumsum(terms, axis=1)[:, -1]
+        bounds = bounds_of(start, stop)[:, :levels]  # the groups but the last
+        # A running sum along the groups adds them in order, as the compiled loop does.
+        sums[start - first : stop - first] = np.cumsum(terms_of(bounds), axis=1)[:, -1]
     return sums
 
 
