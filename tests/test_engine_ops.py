@@ -112,6 +112,30 @@ def concat_of_a_narrow_shared_tensor() -> tuple:
     )
 
 
+def residual(op: str) -> Callable[[], tuple]:
+    """A residual block as modB has it: a ReLU6 skip, a Conv branch much wider than
+    [-6, 6], their sum (or difference) through ReLU6."""
+
+    def build() -> tuple:
+        nodes = [
+            helper.make_node("Conv", ["x", "W1"], ["s"], name="stem"),
+            helper.make_node("Clip", ["s", "lo", "hi"], ["skip"], name="stem_relu6"),
+            helper.make_node("Conv", ["skip", "W2"], ["c"], name="branch", pads=[1, 1, 1, 1]),
+            helper.make_node(op, ["c", "skip"], ["sum"], name=op.lower()),
+            helper.make_node("Clip", ["sum", "lo", "hi"], ["y"], name="out_relu6"),
+        ]
+        inits = {
+            "W1": 4 * _w(4, 3, 1, 1, tag=5),
+            "W2": 2 * _w(4, 4, 3, 3, tag=6),
+            "lo": np.array(0, np.float32),
+            "hi": np.array(6, np.float32),
+        }
+        return nodes, {"x": ["N", 3, 5, 5]}, ["y"], inits
+
+    build.__name__ = f"residual_{op.lower()}"
+    return build
+
+
 def unary(op: str, shape: list, **attrs: object) -> Callable[[], tuple]:
     def build() -> tuple:
         nodes = [helper.make_node(op, ["x"], ["y"], name=op.lower(), **attrs)]
@@ -166,6 +190,8 @@ CASES = [
     binary("Add"),
     binary("Sub"),
     binary("Mul"),
+    residual("Add"),
+    residual("Sub"),
     concat,
     concat_of_a_narrow_shared_tensor,
     unary("MaxPool", ["N", 2, 4, 4], kernel_shape=[2, 2], strides=[2, 2]),
@@ -297,6 +323,62 @@ def test_an_all_zero_add_input_does_not_coarsen_the_other(tmp_path: Path, zero: 
     feed = random_feeds(inputs, batches=1, seed=5)[0]
     error = np.abs(run(out, feed)[0] - run(fp32, feed)[0])
     assert float(error.max()) <= 2 * float(summary.plan.activations["y"].scale)
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub"])
+def test_a_sum_input_is_cut_to_what_reaches_the_clipped_output(tmp_path: Path, op: str) -> None:
+    """Before a ReLU6, the Conv branch of a residual sum matters only where the sum can
+    still land inside [0, 6]: the plan cuts its range there (and the shared scale with
+    it), and clamping the FP32 model's branch to the cut changes no output at all."""
+    nodes, inputs, outputs, inits = residual(op)()
+    model = make_model(nodes, inputs, outputs, inits)
+    feeds = random_feeds(inputs)
+    fp32, out, summary = run_quantize(tmp_path, model, feeds)
+    plan = summary.plan
+    (c_lo, c_hi), (k_lo, k_hi) = plan.ranges["c"], plan.ranges["skip"]
+    y_lo, y_hi = plan.ranges["y"]
+    assert k_lo == 0.0 and 5.0 < k_hi <= 6.0 and c_lo < -8.0 and c_hi > 12.0  # a wide branch
+    if op == "Add":  # c in [y_lo - max(skip), y_hi - min(skip)]
+        expected = (y_lo - k_hi, y_hi - k_lo)
+    else:  # c - skip: c in [y_lo + min(skip), y_hi + max(skip)]
+        expected = (min(y_lo + k_lo, 0.0), y_hi + k_hi)
+    cut = plan.cuts[(op.lower(), 0)]
+    assert cut == pytest.approx(expected, abs=1e-6)
+    assert (op.lower(), 1) not in plan.cuts  # the skip's whole range can reach the output
+    # The branch is read by the sum alone: quantized once, over the cut, at the shared
+    # scale; the skip (read by the branch too) keeps its own and is requantized on its edge.
+    c = plan.activations["c"]
+    assert float(c.scale) == pytest.approx((cut[1] - cut[0]) / 255, rel=1e-6)
+    assert float(plan.edges[(op.lower(), 1)].scale) == float(c.scale)
+    assert float(plan.activations["skip"].scale) == pytest.approx(k_hi / 255, rel=1e-6)
+    # The cut is exact: the FP32 model with the branch clamped to it gives the same output
+    # (to float rounding: the Clip in between keeps ONNX Runtime from fusing the Add).
+    clamped = onnx.load(str(fp32))
+    add = next(n for n in clamped.graph.node if n.op_type == op)
+    add.input[0] = "c_clamped"
+    clamped.graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.array(cut[0], np.float32), "cut_lo"),
+            onnx.numpy_helper.from_array(np.array(cut[1], np.float32), "cut_hi"),
+        ]
+    )
+    clamped.graph.node.insert(
+        list(clamped.graph.node).index(add),
+        helper.make_node("Clip", ["c", "cut_lo", "cut_hi"], ["c_clamped"], name="clamp"),
+    )
+    clamped_path = tmp_path / "clamped.onnx"
+    onnx.save(clamped, str(clamped_path))
+    for feed in [*feeds, *random_feeds(inputs, seed=3)]:
+        np.testing.assert_allclose(run(clamped_path, feed)[0], run(fp32, feed)[0], atol=1e-5)
+
+
+def test_an_unclipped_sum_keeps_its_inputs_ranges(tmp_path: Path) -> None:
+    """Without a clipping activation after it, an Add's output range holds every sum
+    seen, so no input is cut."""
+    nodes, inputs, outputs, inits = binary("Add")()
+    model = make_model(nodes, inputs, outputs, inits)
+    _, _, summary = run_quantize(tmp_path, model, random_feeds(inputs))
+    assert summary.plan.cuts == {}
 
 
 def test_concat_requantizes_a_narrow_input_that_others_read(tmp_path: Path) -> None:

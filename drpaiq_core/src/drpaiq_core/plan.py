@@ -25,7 +25,7 @@ from drpaiq_core.qparams import (
     weight_params,
     widen,
 )
-from drpaiq_core.select import Selection
+from drpaiq_core.select import NodeChoice, Selection
 
 log = logging.getLogger("drpaiq")
 
@@ -60,6 +60,9 @@ class QuantPlan:
     :ivar edges: (node, input index) -> parameters of a requantization on that edge only
         (an Add input brought to the scale it shares with the other input, a narrow
         Concat input brought to the output's parameters).
+    :ivar cuts: (node, input index) -> the input's range at that node, cut to the
+        values that can still reach the output's range (Add, Sub: see
+        ``NodeQuantSpec.sum_signs``).
     """
 
     activations: dict[str, QParams] = field(default_factory=dict)
@@ -69,6 +72,7 @@ class QuantPlan:
     float_nodes: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     edges: dict[tuple[str, int], QParams] = field(default_factory=dict)
+    cuts: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -82,6 +86,7 @@ class QuantPlan:
             "float_nodes": dict(self.float_nodes),
             "ranges": {k: list(v) for k, v in sorted(self.ranges.items())},
             "edges": {f"{n}:{i}": p.to_dict() for (n, i), p in sorted(self.edges.items())},
+            "cuts": {f"{n}:{i}": list(c) for (n, i), c in sorted(self.cuts.items())},
         }
 
 
@@ -239,15 +244,18 @@ def _plan_shared_scales(
     options: QuantOptions,
 ) -> None:
     """Inputs that must share one scale (Add) get the largest of their scales (all-zero
-    members aside). A member that only this node
-    reads, and that shares parameters with no other tensor, is quantized with the
-    shared scale directly (one rounding); any other member is requantized on its
-    edge into this node, so its other consumers keep their finer scale."""
+    members aside), each over its range at this node: its own range, cut for a sum to
+    the values that can still reach the output's range (:func:`_reach_cuts`). A member
+    that only this node reads, and that shares parameters with no other tensor, is
+    quantized with those parameters directly (one rounding); any other member is
+    requantized on its edge into this node, so its other consumers keep their own."""
+    dtype, symmetric = options.activation_type, options.activation_symmetric
     group_size: dict[str, int] = {}
     for t in plan.activations:
         root = groups.find(t)
         group_size[root] = group_size.get(root, 0) + 1
     for choice in selection.chosen.values():
+        cuts = _reach_cuts(plan, selection, graph, groups, group_range, choice)
         for group in choice.same_scale:
             members = [t for t in group if t in plan.activations]
             if len(members) < 2:
@@ -255,18 +263,26 @@ def _plan_shared_scales(
             # A member that is exactly zero on all the data (a zero constant, a dead
             # ReLU branch) is exact at any scale; its fallback scale of 1.0 must not
             # become the other members' scale.
-            live = [t for t in members if widen(*plan.ranges.get(t, (1.0, 1.0))) != (0.0, 0.0)]
+            live = {t for t in members if widen(*plan.ranges.get(t, (1.0, 1.0))) != (0.0, 0.0)}
             if not live:
                 continue
-            shared = max(float(plan.activations[t].scale) for t in live)
+            span = {
+                index: cuts.get(index, group_range[groups.find(name)])
+                for index, name in enumerate(choice.inputs)
+                if name in members
+            }
+            shared = max(
+                float(activation_params(*span[index], dtype, symmetric).scale)
+                for index, name in enumerate(choice.inputs)
+                if name in live
+            )
             for index, name in enumerate(choice.inputs):
-                if name not in members or float(plan.activations[name].scale) == shared:
+                if name not in members:
+                    continue
+                params = activation_params(*span[index], dtype, symmetric, scale=shared)
+                if _same_params(params, plan.activations[name]):
                     continue
                 root = groups.find(name)
-                lo, hi = group_range[root]
-                params = activation_params(
-                    lo, hi, options.activation_type, options.activation_symmetric, scale=shared
-                )
                 readers = {node.name for node in graph.consumers(name)}
                 private = (
                     readers == {choice.node}
@@ -278,6 +294,66 @@ def _plan_shared_scales(
                     plan.activations[name] = params
                 else:
                     plan.edges[(choice.node, index)] = params
+        for index, cut in cuts.items():
+            plan.cuts[(choice.node, index)] = cut
+
+
+def _same_params(a: QParams, b: QParams) -> bool:
+    return bool(
+        a.dtype == b.dtype
+        and np.array_equal(a.scale, b.scale)
+        and np.array_equal(a.zero_point, b.zero_point)
+    )
+
+
+def _reach_cuts(
+    plan: QuantPlan,
+    selection: Selection,
+    graph: ModelGraph,
+    groups: _UnionFind,
+    group_range: dict[str, tuple[float, float]],
+    choice: NodeChoice,
+) -> dict[int, tuple[float, float]]:
+    """For a node whose output is a signed sum of its inputs (``sum_signs``): input
+    index -> its range cut to the values that can still reach the output's range.
+
+    The output is quantized over ``[low, high]`` (its range, or with a Relu/Clip
+    folded in, the activation's), and its QuantizeLinear saturates there. With the
+    other inputs' signed sum in ``[s_min, s_max]`` (from their ranges), an input above
+    ``high - s_min`` gives ``high`` and one below ``low - s_max`` gives ``low`` whatever
+    the others hold, so the cut changes no output. Only inputs whose range it narrows
+    are returned; an input read twice by the node keeps its range.
+    """
+    signs = choice.sum_signs
+    node = graph.node_by_name(choice.node)
+    if not signs or node is None or not node.output:
+        return {}
+    out = node.output[0]
+    if out not in plan.activations:
+        out = selection.narrowed.get(out, "")
+    inputs = choice.inputs
+    if out not in plan.activations or any(name not in plan.activations for name in inputs):
+        return {}
+    low, high = group_range[groups.find(out)]
+    held = [group_range[groups.find(name)] for name in inputs]
+    signed = [(lo, hi) if sign > 0 else (-hi, -lo) for sign, (lo, hi) in zip(signs, held)]
+    total_min = sum(lo for lo, _ in signed)
+    total_max = sum(hi for _, hi in signed)
+    cuts: dict[int, tuple[float, float]] = {}
+    for index, (name, sign) in enumerate(zip(inputs, signs)):
+        if inputs.count(name) > 1 or name in plan.constant_activations:
+            continue
+        others_min = total_min - signed[index][0]
+        others_max = total_max - signed[index][1]
+        # The reach of sign * input, as a range of the input itself.
+        reach = (low - others_max, high - others_min)
+        if sign < 0:
+            reach = (-reach[1], -reach[0])
+        lo, hi = group_range[groups.find(name)]
+        cut = (min(max(lo, reach[0]), reach[1]), min(max(hi, reach[0]), reach[1]))
+        if cut != (lo, hi):
+            cuts[index] = widen(*cut)
+    return cuts
 
 
 def _plan_constants(plan: QuantPlan, selection: Selection, graph: ModelGraph) -> None:

@@ -264,6 +264,14 @@ class NodeQuantSpec:
         on its edge into this node. The tie holds at the node either way; this keeps it
         from coarsening the other readers of a narrow tensor (a sigmoid score
         concatenated with box coordinates).
+    :ivar sum_signs: the output is the sum of the inputs with these signs, one per
+        input (Add: ``(1, 1)``, Sub: ``(1, -1)``). The output's QuantizeLinear saturates
+        at the ends of its range (with a Relu/Clip folded in, at the activation's range),
+        and an input value beyond what can still reach that range gives the saturated
+        output whatever the other inputs hold. The planner cuts each input's range
+        there, for this node only, so the input gets a finer step at no cost: a
+        residual ``Add`` followed by ReLU6 with a ``[0, 6]`` skip input needs its other
+        input only over ``[-6, 6]``.
     :ivar note: a short remark for the summary.
     """
 
@@ -276,6 +284,7 @@ class NodeQuantSpec:
     narrows_input: bool = False
     fused_bias_add: str | None = None
     requantize_narrow_inputs: bool = False
+    sum_signs: tuple[int, ...] = ()
     note: str = ""
 
 

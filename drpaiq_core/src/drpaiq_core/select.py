@@ -47,6 +47,7 @@ class NodeChoice:
     fused_bias_add: str | None
     inputs: list[str]
     requantize_narrow_inputs: bool = False
+    sum_signs: tuple[int, ...] = ()
 
 
 @dataclass
@@ -189,6 +190,7 @@ def _choice(
         fused_bias_add=spec.fused_bias_add,
         inputs=list(node.input),
         requantize_narrow_inputs=spec.requantize_narrow_inputs,
+        sum_signs=tuple(spec.sum_signs) if len(spec.sum_signs) == len(node.input) else (),
     )
 
 

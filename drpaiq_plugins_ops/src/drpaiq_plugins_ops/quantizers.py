@@ -133,7 +133,8 @@ def _bias_add(node: onnx.NodeProto, graph: GraphView, features: int) -> str | No
 
 
 class AddQuantizer(OpQuantizer):
-    """Add and Sub: both inputs share one scale so INT8 values combine directly."""
+    """Add and Sub: both inputs share one scale so INT8 values combine directly; each
+    input's range is cut to the values that can still reach the output's range."""
 
     PLUGIN_NAME = "add"
     DESCRIPTION = "Add/Sub with inputs sharing one scale"
@@ -144,7 +145,12 @@ class AddQuantizer(OpQuantizer):
     ) -> NodeQuantSpec | None:
         if _is_epsilon_add(node, graph) or _is_input_normalization(node, graph):
             return None
-        return NodeQuantSpec(activations=(0, 1), outputs=(0,), same_scale=((("in", 0), ("in", 1)),))
+        return NodeQuantSpec(
+            activations=(0, 1),
+            outputs=(0,),
+            same_scale=((("in", 0), ("in", 1)),),
+            sum_signs=(1, -1) if node.op_type == "Sub" else (1, 1),
+        )
 
     def float_reason(self, node: onnx.NodeProto, graph: GraphView) -> str:
         return INPUT_REASON if _is_input_normalization(node, graph) else EPSILON_REASON
