@@ -2,8 +2,9 @@
 
 For each sample model and calibration method it quantizes with drpaiq and with
 ONNX Runtime (QDQ, per-channel, QInt8 activations and weights, the same method and
-the same calibration images), then prints one table: FP32 top-1, each INT8 top-1,
-each quantize wall time, and each INT8 model's ONNX Runtime CPU inference time.
+the same calibration images), then prints one table: FP32 top-1, each INT8 top-1, how
+far each INT8 model's outputs are from FP32's, each quantize wall time, and each INT8
+model's ONNX Runtime CPU inference time.
 
     python bench/bench_quantize.py                 # MinMax and Entropy on modA and modB
     python bench/bench_quantize.py --methods MinMax --test-limit 500
@@ -27,7 +28,11 @@ Besides top-1, the table gives each INT8 model's flips: test images whose INT8 t
 class differs from the FP32 model's (how closely the INT8 model follows FP32), and the
 paired comparison of the two INT8 models: the images only drpaiq's model classifies
 right, those only ONNX Runtime's does, and the exact two-sided McNemar p-value of that
-split (a small p means the difference in top-1 is more than chance on these images).
+split (a small p means the difference in top-1 is more than chance on these images),
+and each INT8 model's KL: the mean KL divergence of its class probabilities (softmax of
+the outputs) from the FP32 model's, in 1e-4 nats. Top-1 moves only when an image's class
+changes, a few dozen images here, so two close INT8 models differ in it by chance; the KL
+counts every image and shows which one follows FP32 more closely.
 
 Targets (issue 3): drpaiq's top-1 drop <= ONNX Runtime's and <= 0.5 points on each
 sample; drpaiq INT8 inference time <= 1.1x ONNX Runtime's INT8 model.
@@ -179,17 +184,23 @@ def session(path: Path):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+#: The KL column's unit: 1e-4 nats.
+KL_UNIT = 1e4
+
 #: Inference time is measured on at most this many of the feeds.
 TIMED_FEEDS = 10_000
 
 
-def predictions_and_time(
+def outputs_and_time(
     path: Path, feeds: list[dict[str, np.ndarray]], passes: int = 3
 ) -> tuple[np.ndarray, float]:
-    """The top-1 class of every feed, and the best of ``passes`` passes' inference time
-    per image (ms) over the first :data:`TIMED_FEEDS` feeds, one image per run."""
+    """The first output (the class scores) of every feed, one row per feed, and the best
+    of ``passes`` passes' inference time per image (ms) over the first
+    :data:`TIMED_FEEDS` feeds, one image per run."""
     sess = session(path)
-    predictions = np.array([int(np.argmax(sess.run(None, f)[0])) for f in feeds])
+    scores = np.concatenate(
+        [np.asarray(sess.run(None, f)[0], np.float64).reshape(1, -1) for f in feeds]
+    )
     timed = feeds[:TIMED_FEEDS]
     best = float("inf")
     for _ in range(passes):
@@ -197,15 +208,22 @@ def predictions_and_time(
         for feed in timed:
             sess.run(None, feed)
         best = min(best, time.perf_counter() - start)
-    return predictions, 1000.0 * best / len(timed)
+    return scores, 1000.0 * best / max(len(timed), 1)
 
 
-def top1_and_time(
-    path: Path, feeds: list[dict[str, np.ndarray]], labels: np.ndarray
-) -> tuple[float, float]:
-    """Top-1 (%) and the best of three passes' inference time per image (ms)."""
-    predictions, ms = predictions_and_time(path, feeds)
-    return 100.0 * float(np.mean(predictions == labels)), ms
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of class scores (the samples output logits)."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def mean_kl(reference: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over images of KL(softmax(reference) || softmax(scores)), in nats: how far
+    the INT8 model's class probabilities are from the FP32 model's. Unlike top-1 it
+    counts every image, not only the few whose class changes, so it tells two close
+    quantized models apart where top-1 differs by chance."""
+    log_p, log_q = log_softmax(reference), log_softmax(scores)
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
 
 
 def quantize_drpaiq(
@@ -280,7 +298,8 @@ def main() -> int:
 
     header = (
         f"{'model':6} {'method':8} {'FP32 top1':>9} {'drpaiq':>7} {'ORT':>7} "
-        f"{'drop d/o':>11} {'flips d/o':>9} {'only d/o':>9} {'p':>5} {'quant s d/o':>13} "
+        f"{'drop d/o':>11} {'flips d/o':>9} {'only d/o':>9} {'p':>5} {'KL d/o':>11} "
+        f"{'quant s d/o':>13} "
         f"{'infer ms d/o':>15} {'ratio':>6}"
     )
     verdicts: list[str] = []
@@ -298,15 +317,19 @@ def main() -> int:
                 feeds, labels = load_fashion_mnist_test(sample, args.test_limit)
             else:
                 feeds, labels = load_test_set(sample, args.test_limit)
-            fp32_pred, _ = predictions_and_time(sample.model, feeds, passes=0)
+            fp32_scores, _ = outputs_and_time(sample.model, feeds, passes=0)
+            fp32_pred = np.argmax(fp32_scores, axis=1)
             fp32_top1 = 100.0 * float(np.mean(fp32_pred == labels))
             for method in args.methods.split(","):
                 ours = workdir / f"{sample.name}_{method}_drpaiq.onnx"
                 theirs = workdir / f"{sample.name}_{method}_ort.onnx"
                 t_ours = quantize_drpaiq(sample, method, ours, options)
                 t_theirs = quantize_ort(sample, method, theirs, workdir)
-                pred_ours, ms_ours = predictions_and_time(ours, feeds)
-                pred_theirs, ms_theirs = predictions_and_time(theirs, feeds)
+                scores_ours, ms_ours = outputs_and_time(ours, feeds)
+                scores_theirs, ms_theirs = outputs_and_time(theirs, feeds)
+                pred_ours, pred_theirs = scores_ours.argmax(axis=1), scores_theirs.argmax(axis=1)
+                kl_ours = KL_UNIT * mean_kl(fp32_scores, scores_ours)
+                kl_theirs = KL_UNIT * mean_kl(fp32_scores, scores_theirs)
                 top_ours = 100.0 * float(np.mean(pred_ours == labels))
                 top_theirs = 100.0 * float(np.mean(pred_theirs == labels))
                 flips_ours = int(np.sum(pred_ours != fp32_pred))
@@ -326,6 +349,7 @@ def main() -> int:
                     f"{fp32_top1 - top_ours:5.2f}/{fp32_top1 - top_theirs:5.2f} "
                     f"{flips_ours:4d}/{flips_theirs:4d} "
                     f"{only_ours:4d}/{only_theirs:4d} {p_value:5.2f} "
+                    f"{kl_ours:5.2f}/{kl_theirs:5.2f} "
                     f"{t_ours:6.2f}/{t_theirs:6.2f} {ms_ours:7.3f}/{ms_theirs:7.3f} "
                     f"{ms_ours / ms_theirs:6.2f}"
                 )
@@ -343,7 +367,8 @@ def main() -> int:
         source = "samples/data/test"
     print(
         f"images per model: {len(labels)} from {source}; calibration images: "
-        "samples/data/calibrate; flips: images whose INT8 top-1 differs from FP32's"
+        "samples/data/calibrate; flips: images whose INT8 top-1 differs from FP32's; "
+        "KL: mean KL divergence of the INT8 class probabilities from FP32's, in 1e-4 nats"
         + (
             "; drpaiq with " + ", ".join(f"{k} {v}" for k, v in sorted(options.items()))
             if options
