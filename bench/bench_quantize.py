@@ -32,7 +32,8 @@ split (a small p means the difference in top-1 is more than chance on these imag
 and each INT8 model's KL: the mean KL divergence of its class probabilities (softmax of
 the outputs) from the FP32 model's, in 1e-4 nats. Top-1 moves only when an image's class
 changes, a few dozen images here, so two close INT8 models differ in it by chance; the KL
-counts every image and shows which one follows FP32 more closely.
+counts every image and shows which one follows FP32 more closely (the targets' lines
+give the difference with a 95% paired bootstrap interval).
 
 Targets (issue 3): drpaiq's top-1 drop <= ONNX Runtime's and <= 0.5 points on each
 sample; drpaiq INT8 inference time <= 1.1x ONNX Runtime's INT8 model.
@@ -217,13 +218,26 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def mean_kl(reference: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over images of KL(softmax(reference) || softmax(scores)), in nats: how far
-    the INT8 model's class probabilities are from the FP32 model's. Unlike top-1 it
-    counts every image, not only the few whose class changes, so it tells two close
-    quantized models apart where top-1 differs by chance."""
+def image_kl(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per image, KL(softmax(reference) || softmax(scores)) in nats: how far the INT8
+    model's class probabilities are from the FP32 model's. Unlike top-1 it counts every
+    image, not only the few whose class changes, so it tells two close quantized models
+    apart where top-1 differs by chance."""
     log_p, log_q = log_softmax(reference), log_softmax(scores)
-    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
+    return np.sum(np.exp(log_p) * (log_p - log_q), axis=1)
+
+
+def paired_interval(
+    differences: np.ndarray, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of per-image differences (seeded: the same
+    numbers give the same interval)."""
+    rng = np.random.default_rng(seed)
+    means = [
+        float(differences[rng.integers(0, len(differences), len(differences))].mean())
+        for _ in range(resamples)
+    ]
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def quantize_drpaiq(
@@ -328,8 +342,10 @@ def main() -> int:
                 scores_ours, ms_ours = outputs_and_time(ours, feeds)
                 scores_theirs, ms_theirs = outputs_and_time(theirs, feeds)
                 pred_ours, pred_theirs = scores_ours.argmax(axis=1), scores_theirs.argmax(axis=1)
-                kl_ours = KL_UNIT * mean_kl(fp32_scores, scores_ours)
-                kl_theirs = KL_UNIT * mean_kl(fp32_scores, scores_theirs)
+                image_ours = KL_UNIT * image_kl(fp32_scores, scores_ours)
+                image_theirs = KL_UNIT * image_kl(fp32_scores, scores_theirs)
+                kl_ours, kl_theirs = float(image_ours.mean()), float(image_theirs.mean())
+                kl_low, kl_high = paired_interval(image_ours - image_theirs)
                 top_ours = 100.0 * float(np.mean(pred_ours == labels))
                 top_theirs = 100.0 * float(np.mean(pred_theirs == labels))
                 flips_ours = int(np.sum(pred_ours != fp32_pred))
@@ -341,7 +357,8 @@ def main() -> int:
                 verdicts.append(
                     verdict(sample.name, method, drop_ours, drop_theirs, ms_ours / ms_theirs)
                     + f" (paired: {only_ours} vs {only_theirs} images right for one model "
-                    f"only, McNemar p={p_value:.2f})"
+                    f"only, McNemar p={p_value:.2f}; KL drpaiq - ORT {kl_ours - kl_theirs:+.2f}, "
+                    f"95% interval {kl_low:+.2f} to {kl_high:+.2f})"
                 )
                 rows.append(
                     f"{sample.name:6} {method:8} {fp32_top1:9.2f} "
