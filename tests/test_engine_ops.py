@@ -333,7 +333,7 @@ def test_a_sum_input_is_cut_to_what_reaches_the_clipped_output(tmp_path: Path, o
     nodes, inputs, outputs, inits = residual(op)()
     model = make_model(nodes, inputs, outputs, inits)
     feeds = random_feeds(inputs)
-    fp32, out, summary = run_quantize(tmp_path, model, feeds)
+    fp32, _, summary = run_quantize(tmp_path, model, feeds)
     plan = summary.plan
     (c_lo, c_hi), (k_lo, k_hi) = plan.ranges["c"], plan.ranges["skip"]
     y_lo, y_hi = plan.ranges["y"]
