@@ -13,6 +13,7 @@ from drpaiq_core.config import QuantizeConfig
 from drpaiq_core.pipeline import quantize
 from drpaiq_core.plan import QuantPlan
 from drpaiq_core.plugin_api import Batch, Reader, ReaderContext
+from drpaiq_core.plugins import PluginHost
 from drpaiq_core.qparams import fake_quantize
 from drpaiq_core.summary import Summary
 from onnx import helper, numpy_helper
@@ -86,9 +87,11 @@ def run_quantize(
     model: onnx.ModelProto,
     feeds: list[dict[str, np.ndarray]],
     name: str = "m",
+    host: PluginHost | None = None,
     **overrides: object,
 ) -> tuple[Path, Path, Summary]:
-    """Save ``model``, quantize it with MinMax from ``feeds``; (fp32, int8, summary)."""
+    """Save ``model``, quantize it with MinMax from ``feeds`` (with the plugins of
+    ``host``, by default the installed ones); (fp32, int8, summary)."""
     fp32 = tmp_path / f"{name}.onnx"
     out = tmp_path / f"{name}_q.onnx"
     onnx.save(model, str(fp32))
@@ -102,7 +105,7 @@ def run_quantize(
     )
     for key, value in overrides.items():
         setattr(config, key, value)
-    summary = quantize(config)
+    summary = quantize(config, host)
     return fp32, out, summary
 
 

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from drpaiq_core.plugin_api import GraphView, NodeQuantSpec, OpQuantizer, QuantOptions
+from drpaiq_core.plugins import PluginHost
 from onnx import helper
 
 from tests._engine import fake_quant_reference, make_model, random_feeds, run, run_quantize
+from tests._plugin_helpers import plugin
 
 pytest.importorskip("drpaiq_plugins_ops")
 pytest.importorskip("drpaiq_plugins_calibrators")
@@ -351,11 +354,26 @@ def test_a_sum_input_is_cut_to_what_reaches_the_clipped_output(tmp_path: Path, o
     assert float(c.scale) == pytest.approx((cut[1] - cut[0]) / 255, rel=1e-6)
     assert float(plan.edges[(op.lower(), 1)].scale) == float(c.scale)
     assert float(plan.activations["skip"].scale) == pytest.approx(k_hi / 255, rel=1e-6)
-    # The cut is exact: the FP32 model with the branch clamped to it gives the same output
-    # (to float rounding: the Clip in between keeps ONNX Runtime from fusing the Add).
+    # The cut is exact: the FP32 model with the branch clamped to it gives the same output.
+    more = [*feeds, *random_feeds(inputs, seed=3)]
+    _assert_clamping_changes_nothing(tmp_path, fp32, op, 0, cut, more)
+
+
+def _assert_clamping_changes_nothing(
+    tmp_path: Path,
+    fp32: Path,
+    op: str,
+    index: int,
+    cut: tuple[float, float],
+    feeds: list[dict[str, np.ndarray]],
+) -> None:
+    """The FP32 model with input ``index`` of its ``op`` node clamped to ``cut`` gives the
+    same outputs (to float rounding: the Clip in between keeps ONNX Runtime from fusing
+    the sum into its neighbours)."""
     clamped = onnx.load(str(fp32))
-    add = next(n for n in clamped.graph.node if n.op_type == op)
-    add.input[0] = "c_clamped"
+    node = next(n for n in clamped.graph.node if n.op_type == op)
+    source = node.input[index]
+    node.input[index] = f"{source}_clamped"
     clamped.graph.initializer.extend(
         [
             onnx.numpy_helper.from_array(np.array(cut[0], np.float32), "cut_lo"),
@@ -363,13 +381,58 @@ def test_a_sum_input_is_cut_to_what_reaches_the_clipped_output(tmp_path: Path, o
         ]
     )
     clamped.graph.node.insert(
-        list(clamped.graph.node).index(add),
-        helper.make_node("Clip", ["c", "cut_lo", "cut_hi"], ["c_clamped"], name="clamp"),
+        list(clamped.graph.node).index(node),
+        helper.make_node("Clip", [source, "cut_lo", "cut_hi"], [f"{source}_clamped"], name="clamp"),
     )
     clamped_path = tmp_path / "clamped.onnx"
     onnx.save(clamped, str(clamped_path))
-    for feed in [*feeds, *random_feeds(inputs, seed=3)]:
+    for feed in feeds:
         np.testing.assert_allclose(run(clamped_path, feed)[0], run(fp32, feed)[0], atol=1e-5)
+
+
+class SumQuantizer(OpQuantizer):
+    """A third party's quantizer for ONNX ``Sum`` (no built-in claims it): every input
+    an activation, the output the sum of all, no shared scale."""
+
+    PLUGIN_NAME = "test_sum"
+    DESCRIPTION = "Sum (tests)"
+    OP_TYPES = ("Sum",)
+
+    def quantize_node(
+        self, node: onnx.NodeProto, graph: GraphView, options: QuantOptions
+    ) -> NodeQuantSpec | None:
+        n = len(node.input)
+        return NodeQuantSpec(activations=tuple(range(n)), outputs=(0,), sum_signs=(1,) * n)
+
+
+def test_a_third_party_sum_gets_its_inputs_cut_without_a_shared_scale(tmp_path: Path) -> None:
+    """``sum_signs`` alone (no ``same_scale``): a three-input Sum before ReLU6 cuts its
+    wide input to ``[-(max b + max c), 6]``, quantized at that input's own scale."""
+    nodes, inputs, _, inits = residual("Add")()
+    nodes = [
+        *nodes[:3],
+        helper.make_node("Conv", ["x", "W3"], ["s2"], name="stem2"),
+        helper.make_node("Clip", ["s2", "lo", "hi"], ["skip2"], name="stem2_relu6"),
+        helper.make_node("Sum", ["c", "skip", "skip2"], ["sum"], name="sum"),
+        helper.make_node("Clip", ["sum", "lo", "hi"], ["y"], name="out_relu6"),
+    ]
+    inits["W3"] = 4 * _w(4, 3, 1, 1, tag=7)
+    model = make_model(nodes, inputs, ["y"], inits)
+    feeds = random_feeds(inputs)
+    host = PluginHost()
+    host.register(plugin(op_quantizers=[SumQuantizer]), "test_sum", "drpaiq-test-sum")
+    fp32, _, summary = run_quantize(tmp_path, model, feeds, host=host)
+    plan = summary.plan
+    assert summary.quantized["sum"] == "Sum"
+    (c_lo, _), (y_lo, y_hi) = plan.ranges["c"], plan.ranges["y"]
+    k_max = plan.ranges["skip"][1] + plan.ranges["skip2"][1]
+    assert c_lo < y_lo - k_max  # the branch reaches below what can still matter
+    cut = plan.cuts[("sum", 0)]
+    assert cut == pytest.approx((y_lo - k_max, y_hi), abs=1e-6)
+    assert set(plan.cuts) == {("sum", 0)}
+    assert float(plan.activations["c"].scale) == pytest.approx((cut[1] - cut[0]) / 255, rel=1e-6)
+    assert ("sum", 1) not in plan.edges and ("sum", 2) not in plan.edges
+    _assert_clamping_changes_nothing(tmp_path, fp32, "Sum", 0, cut, feeds)
 
 
 def test_an_unclipped_sum_keeps_its_inputs_ranges(tmp_path: Path) -> None:

@@ -243,12 +243,13 @@ def _plan_shared_scales(
     group_range: dict[str, tuple[float, float]],
     options: QuantOptions,
 ) -> None:
-    """Inputs that must share one scale (Add) get the largest of their scales (all-zero
-    members aside), each over its range at this node: its own range, cut for a sum to
-    the values that can still reach the output's range (:func:`_reach_cuts`). A member
-    that only this node reads, and that shares parameters with no other tensor, is
-    quantized with those parameters directly (one rounding); any other member is
-    requantized on its edge into this node, so its other consumers keep their own."""
+    """The parameters of each node's inputs at that node: an input of a sum over its
+    range cut to the values that can still reach the output's range
+    (:func:`_reach_cuts`), and inputs that must share one scale (Add) at the largest of
+    their scales over those ranges (all-zero members aside). An input that only this
+    node reads, and that shares parameters with no other tensor, is quantized with
+    them directly (one rounding); any other is requantized on its edge into this node,
+    so its other consumers keep their own."""
     dtype, symmetric = options.activation_type, options.activation_symmetric
     group_size: dict[str, int] = {}
     for t in plan.activations:
@@ -256,6 +257,7 @@ def _plan_shared_scales(
         group_size[root] = group_size.get(root, 0) + 1
     for choice in selection.chosen.values():
         cuts = _reach_cuts(plan, selection, graph, groups, group_range, choice)
+        planned: dict[int, QParams] = {}
         for group in choice.same_scale:
             members = [t for t in group if t in plan.activations]
             if len(members) < 2:
@@ -273,29 +275,29 @@ def _plan_shared_scales(
             }
             shared = max(
                 float(activation_params(*span[index], dtype, symmetric).scale)
-                for index, name in enumerate(choice.inputs)
-                if name in live
+                for index in span
+                if choice.inputs[index] in live
             )
-            for index, name in enumerate(choice.inputs):
-                if name not in members:
-                    continue
-                params = activation_params(*span[index], dtype, symmetric, scale=shared)
-                if _same_params(params, plan.activations[name]):
-                    continue
-                root = groups.find(name)
-                readers = {node.name for node in graph.consumers(name)}
-                private = (
-                    readers == {choice.node}
-                    and group_size[root] == 1
-                    and not graph.is_graph_output(name)
-                    and name not in plan.constant_activations
-                )
-                if private:
-                    plan.activations[name] = params
-                else:
-                    plan.edges[(choice.node, index)] = params
-        for index, cut in cuts.items():
-            plan.cuts[(choice.node, index)] = cut
+            for index, (lo, hi) in span.items():
+                planned[index] = activation_params(lo, hi, dtype, symmetric, scale=shared)
+        for index, (lo, hi) in cuts.items():
+            planned.setdefault(index, activation_params(lo, hi, dtype, symmetric))
+            plan.cuts[(choice.node, index)] = (lo, hi)
+        for index, params in sorted(planned.items()):
+            name = choice.inputs[index]
+            if _same_params(params, plan.activations[name]):
+                continue
+            readers = {node.name for node in graph.consumers(name)}
+            private = (
+                readers == {choice.node}
+                and group_size[groups.find(name)] == 1
+                and not graph.is_graph_output(name)
+                and name not in plan.constant_activations
+            )
+            if private:
+                plan.activations[name] = params
+            else:
+                plan.edges[(choice.node, index)] = params
 
 
 def _same_params(a: QParams, b: QParams) -> bool:
@@ -349,10 +351,10 @@ def _reach_cuts(
         reach = (low - others_max, high - others_min)
         if sign < 0:
             reach = (-reach[1], -reach[0])
-        lo, hi = group_range[groups.find(name)]
-        cut = (min(max(lo, reach[0]), reach[1]), min(max(hi, reach[0]), reach[1]))
+        lo, hi = held[index]
+        cut = widen(min(max(lo, reach[0]), reach[1]), min(max(hi, reach[0]), reach[1]))
         if cut != (lo, hi):
-            cuts[index] = widen(*cut)
+            cuts[index] = cut
     return cuts
 
 
