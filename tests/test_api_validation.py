@@ -1,5 +1,6 @@
-"""The Python API's argument checks (drpaiq_core.compat): every mistake in an argument
-is one UserError line naming the argument, the value given and what is accepted;
+"""The Python API's argument checks (drpaiq_core.compat, and the advanced options of
+drpaiq's own QuantizeConfig): every mistake in an argument is one UserError line naming
+the argument, the value given and what is accepted;
 booleans given as text mean what they say; contradicting options are refused in
 either order."""
 
@@ -213,3 +214,75 @@ def test_percentile_num_bins_says_why():
     with pytest.raises(UserError) as err:
         PercentileCalibrator({"num_bins": "100000"})
     one_line(err, "between 16 and 65536", "Percentile", "default is 2048")
+
+
+# -- advanced options given to QuantizeConfig directly -----------------------------------
+
+
+def _native(workdir, **fields: Any):
+    """Quantize m.onnx with drpaiq's own API (QuantizeConfig + pipeline.quantize)."""
+    from pathlib import Path
+
+    from drpaiq_core.config import QuantizeConfig
+    from drpaiq_core.pipeline import quantize
+
+    config = QuantizeConfig(
+        input_model=Path("m.onnx"),
+        output_model=Path("q.onnx"),
+        reader="nchw_image",
+        calibrate_dataset=Path("calibrate_images"),
+        norm_mean=(0.5, 0.5, 0.5),
+        norm_std=(0.25, 0.25, 0.25),
+        quiet=True,
+        **fields,
+    )
+    return config, quantize(config)
+
+
+def _activation_zero_points(path) -> set[tuple[int, int]]:
+    """(dtype, zero point) of every activation QuantizeLinear in the written model."""
+    model = onnx.load(str(path))
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {
+        (int(constants[n.input[2]].dtype.num), int(constants[n.input[2]]))
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in constants
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"activation_type": "QUInt8"}, "uint8"),
+        ({"ActivationSymmetric": "True"}, "symmetric"),
+        ({"activation_zeropoint": "False"}, "symmetric"),
+    ],
+)
+def test_advanced_options_in_quantize_config_take_effect(workdir, options, expected):
+    """Given in ``QuantizeConfig.options``, an option that stands for a field sets it, as
+    on the command line; the caller's config object is left as it was."""
+    import numpy as np
+
+    config, summary = _native(workdir, options=dict(options))
+    found = _activation_zero_points(workdir / "q.onnx")
+    if expected == "uint8":
+        assert {dtype for dtype, _ in found} == {np.dtype(np.uint8).num}
+    else:
+        assert {zero for _, zero in found} == {0}
+        assert summary.plan.activations  # something was quantized
+    assert config.options == options and config.activation_type == "int8"
+    assert config.activation_symmetric is False
+
+
+def test_an_unknown_option_in_quantize_config_is_one_clear_error(workdir):
+    with pytest.raises(UserError) as err:
+        _native(workdir, options={"activation_symetric": "True"})
+    one_line(err, "activation_symetric")
+    assert not (workdir / "q.onnx").exists()
+
+
+def test_an_option_contradicting_a_quantize_config_field_is_an_error(workdir):
+    with pytest.raises(UserError) as err:
+        _native(workdir, activation_symmetric=True, options={"activation_zeropoint": "True"})
+    one_line(err, "activation_zeropoint True", "contradicts")
+    assert not (workdir / "q.onnx").exists()

@@ -9,6 +9,7 @@ Each step is its own module; this one only wires them together.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from drpaiq_core.config import QuantizeConfig
 from drpaiq_core.errors import UserError
-from drpaiq_core.options import option_bool
+from drpaiq_core.options import apply_advanced, option_bool, parse_advanced, plugin_options
 from drpaiq_core.plugin_api import ExclusionRules, QuantOptions
 from drpaiq_core.plugins import PluginHost, get_plugin_host
 from drpaiq_core.summary import Summary
@@ -54,6 +55,17 @@ def exclusion_rules(config: QuantizeConfig) -> ExclusionRules:
     )
 
 
+def with_advanced(config: QuantizeConfig, host: PluginHost) -> QuantizeConfig:
+    """A copy of ``config`` whose advanced options are checked (an unknown key or a bad
+    value is a :class:`UserError`) and applied to the fields they stand for, as the
+    command line and ``quantize_static`` do: ``options={"activation_type": "QUInt8"}``
+    gives uint8 activations, and one that contradicts a field set otherwise is an
+    error. The caller's object stays as it is."""
+    resolved = dataclasses.replace(config, options={})
+    apply_advanced(resolved, parse_advanced(config.options.items(), lambda: plugin_options(host)))
+    return resolved
+
+
 def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     """Quantize ``config.input_model`` into ``config.output_model``.
 
@@ -71,6 +83,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     from drpaiq_core.write import check_output_path, publish_folder, write_model, write_text
 
     host = host or get_plugin_host()
+    config = with_advanced(config, host)
     input_path = Path(config.input_model)
     output_path = Path(config.output_model)
     check_output_path(output_path, (input_path,))
