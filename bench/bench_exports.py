@@ -17,8 +17,9 @@ Runtime or its INT8 model more than 1.1x slower.
     python bench/bench_exports.py                       # all models, MinMax and Entropy
     python bench/bench_exports.py --models yolo,pruned --methods MinMax
     python bench/bench_exports.py --opset 17 --keep /tmp/exports   # keep every model
+    python bench/bench_exports.py --option bias_correction=True   # drpaiq with an advanced option
 
-SQNR = 10 log10(sum(fp32^2) / sum((fp32 - int8)^2)) over all outputs of the first 20
+SQNR = 10 log10(sum(fp32^2) / sum((fp32 - int8)^2)) over all outputs of the first 200
 images of ``samples/data/test`` (sorted, sub-folders included), which calibration never
 sees, concatenated; higher is better, and 6 dB is one bit. Calibration uses the first 40
 images of ``samples/data/calibrate``; both sets are read by drpaiq's own image reader
@@ -42,7 +43,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CALIBRATE = ROOT / "samples" / "data" / "calibrate"
 TEST = ROOT / "samples" / "data" / "test"
 CALIBRATION_IMAGES = 40
-TEST_IMAGES = 20
+TEST_IMAGES = 200
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 #: A row is reported when drpaiq's SQNR is lower than ONNX Runtime's by more than this.
@@ -186,7 +187,9 @@ def sqnr(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) -> fl
 # -- Quantizing ---------------------------------------------------------------------
 
 
-def quantize_drpaiq(source: Path, out: Path, layout: str, method: str) -> tuple[float, int]:
+def quantize_drpaiq(
+    source: Path, out: Path, layout: str, method: str, options: Mapping[str, str] | None = None
+) -> tuple[float, int]:
     """Quantize with drpaiq's Python API; the wall time (s) and the number of nodes
     its summary lists as left in float."""
     from drpaiq_core.config import QuantizeConfig
@@ -206,6 +209,7 @@ def quantize_drpaiq(source: Path, out: Path, layout: str, method: str) -> tuple[
             size_limit=CALIBRATION_IMAGES,
             summary_json=out.with_suffix(".json"),
             quiet=True,
+            options=dict(options or {}),
         )
     )
     seconds = time.perf_counter() - start
@@ -229,13 +233,20 @@ def failure(exc: Exception) -> str:
 
 
 def bench_model(
-    spec: ExportModel, methods: Sequence[str], opset: int, folder: Path, scratch: Path
+    spec: ExportModel,
+    methods: Sequence[str],
+    opset: int,
+    folder: Path,
+    scratch: Path,
+    options: Mapping[str, str] | None = None,
+    test_images: int = TEST_IMAGES,
 ) -> list[Row]:
-    """Build, export and quantize one model with each method; its table rows."""
+    """Build, export and quantize one model with each method (drpaiq with the advanced
+    ``options``), measured on ``test_images`` images; its table rows."""
     from export_models import build, export
 
     calibration = read_images(CALIBRATE, spec.layout, spec.size, CALIBRATION_IMAGES)
-    test = read_images(TEST, spec.layout, spec.size, TEST_IMAGES)
+    test = read_images(TEST, spec.layout, spec.size, test_images)
     fp32 = folder / f"{spec.name}.onnx"
     export(build(spec, calibration), calibration[:1], fp32, opset)
     reference = run_outputs(fp32, test)
@@ -245,7 +256,9 @@ def bench_model(
         ours = folder / f"{spec.name}_{method}_drpaiq.onnx"
         theirs = folder / f"{spec.name}_{method}_ort.onnx"
         try:
-            row.drpaiq.seconds, row.float_nodes = quantize_drpaiq(fp32, ours, spec.layout, method)
+            row.drpaiq.seconds, row.float_nodes = quantize_drpaiq(
+                fp32, ours, spec.layout, method, options
+            )
             row.drpaiq.sqnr = sqnr(reference, run_outputs(ours, test))
         except Exception as exc:
             row.drpaiq.error = failure(exc)
@@ -347,7 +360,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep the FP32 and INT8 models (and summaries)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--test-images",
+        type=int,
+        default=TEST_IMAGES,
+        help=f"test images the SQNR is measured on (default {TEST_IMAGES})",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an advanced option for drpaiq (repeatable), e.g. --option bias_correction=True",
+    )
+    args = parser.parse_args(argv)
+    if args.test_images < 1:
+        parser.error("--test-images must be at least 1")
+    if any("=" not in item for item in args.option):
+        parser.error("--option takes KEY=VALUE")
+    return args
 
 
 def select_models(names: str) -> list[ExportModel]:
@@ -389,14 +420,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         with working_directory(scratch):
             warm_up(specs[0], args.opset, scratch)
+            options = dict(item.split("=", 1) for item in args.option)
             for spec in specs:
-                for row in bench_model(spec, methods, args.opset, folder, scratch):
+                rows_of_model = bench_model(
+                    spec, methods, args.opset, folder, scratch, options, args.test_images
+                )
+                for row in rows_of_model:
                     rows.append(row)
                     print(" | ".join(cells(row)), file=sys.stderr)
     print(
-        f"SQNR over all outputs of the first {TEST_IMAGES} images of samples/data/test; "
+        f"SQNR over all outputs of the first {args.test_images} images of samples/data/test; "
         f"calibration: the first {CALIBRATION_IMAGES} of samples/data/calibrate; "
         f"opset {args.opset}; difference = drpaiq - ORT"
+        + "".join(f"; drpaiq with {item.replace('=', ' ', 1)}" for item in args.option)
     )
     print(table(rows))
     lines = findings(rows)
