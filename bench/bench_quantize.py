@@ -300,6 +300,8 @@ def main() -> int:
         help="an advanced option for drpaiq (repeatable), e.g. --option num_bins=4096",
     )
     args = parser.parse_args()
+    if any("=" not in item for item in args.option):
+        parser.error("--option takes KEY=VALUE")
     options = dict(item.split("=", 1) for item in args.option)
     if args.bias_correction:
         options["bias_correction"] = "True"
