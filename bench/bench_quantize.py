@@ -412,4 +412,9 @@ def verdict(model: str, method: str, drop_ours: float, drop_theirs: float, ratio
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from drpaiq_core.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as exc:  # e.g. an unknown --option: one line, as drpaiq prints it
+        sys.exit(f"bench_quantize.py: error: {exc}")
