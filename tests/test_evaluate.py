@@ -8,10 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from drpaiq_core.cli import build_cli
-from drpaiq_core.evaluate import Evaluation, ModelScore, evaluate, mcnemar_p
+from drpaiq_core.evaluate import (
+    Evaluation,
+    ModelScore,
+    evaluate,
+    log_probabilities,
+    mcnemar_p,
+)
+from drpaiq_core.load import model_inputs
+from drpaiq_core.plugin_api import ReaderContext
 from drpaiq_core.plugins import get_plugin_host
 from onnx import TensorProto, helper, numpy_helper
 
@@ -55,6 +64,37 @@ def test_side_by_side_with_deltas(work):
     assert "delta_top1" not in right and "top1_flips" not in right and "top1_p" not in right
 
 
+def test_kl_is_the_mean_divergence_of_the_class_probabilities(work):
+    """The KL column: 0 for the same model, and for another the mean over the images of
+    KL(first || other) of the softmax of their outputs, computed here by hand."""
+    result = run("-q", "evaluate", "right.onnx", "right.onnx", "wrong.onnx", "-d", "ds", "--json")
+    assert result.exit_code == 0, result.stderr
+    first, same, wrong = json.loads(result.stdout)["models"]
+    assert "kl_from_first" not in first and same["kl_from_first"] == 0.0
+    inputs = model_inputs(onnx.load(str(work / "right.onnx")))
+    reader = get_plugin_host().readers.get("nchw_image")
+    context = ReaderContext(dataset=work / "ds", model_path=None, inputs=inputs, labeled=True)
+    images = np.concatenate([b.feeds[inputs[0].name] for b in reader(context).batches()])
+    ours, theirs = (
+        ort.InferenceSession(str(work / name)).run(None, {inputs[0].name: images})[0]
+        for name in ("right.onnx", "wrong.onnx")
+    )
+    log_p, log_q = log_probabilities(ours), log_probabilities(theirs)
+    expected = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
+    assert wrong["kl_from_first"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_probabilities_and_logits_give_the_same_log_probabilities():
+    """A model ending in Softmax outputs probabilities; their log is taken as it is,
+    while logits go through log-softmax first: the same answers either way."""
+    logits = np.random.default_rng(3).normal(size=(5, 4)) * 3
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(
+        log_probabilities(probabilities), log_probabilities(logits), atol=1e-9
+    )
+    np.testing.assert_allclose(np.exp(log_probabilities(logits)).sum(axis=1), 1.0)
+
+
 def test_flips_count_the_images_where_two_models_disagree(work):
     # The same model twice agrees everywhere, whatever the accuracy.
     result = run("-q", "evaluate", "wrong.onnx", "wrong.onnx", "right.onnx", "-d", "ds", "--json")
@@ -72,9 +112,11 @@ def test_table_text(work):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("12 images, 3 classes in ds (reader nchw_image)")
     assert lines[1].split()[:3] == ["model", "top-1", "top-5"]
-    assert lines[1].split()[-2:] == ["flips", "p"]
+    assert lines[1].split()[-3:] == ["flips", "p", "KL"]
     assert lines[2].split() == ["right.onnx", "100.00%", "100.00%"]
-    assert lines[3].split() == ["wrong.onnx", "0.00%", "100.00%", "-100.00", "+0.00", "12", "0.00"]
+    wrong = lines[3].split()
+    assert wrong[:-1] == ["wrong.onnx", "0.00%", "100.00%", "-100.00", "+0.00", "12", "0.00"]
+    assert float(wrong[-1]) > 0.01  # every image's top class is another one
 
 
 @pytest.mark.parametrize(
@@ -174,7 +216,9 @@ def test_fixed_batch_models_score_every_image(work, fixed):
     assert models[-1]["top1_flips"] == 12
     lines = run(*args, *NO_NORM).stdout.splitlines()
     assert lines[0].startswith("12 images,") and "images" not in lines[1]
-    assert lines[3].split()[-2:] == ["0", "1.00"]
+    assert lines[3].split()[-3:] == ["0", "1.00", "0.00e+00"]
+    for row in models[1:-1]:
+        assert row["kl_from_first"] == 0.0  # the same model in other batch sizes
 
 
 def score(name: str, predictions: list[int], labels: list[int]) -> ModelScore:
@@ -222,7 +266,10 @@ def test_an_empty_class_folder_is_warned_about_once(work):
     # Two input sizes read the folder twice; the warning comes once.
     result = run("-q", "evaluate", "small.onnx", "large.onnx", "-d", "ds", *NO_NORM, "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["classes"][-1] == "3_gray"
+    report = json.loads(result.stdout)
+    assert report["classes"][-1] == "3_gray"
+    # Another input size runs on other batches: no KL against the first model.
+    assert "kl_from_first" not in report["models"][1]
     assert [m["images"] for m in json.loads(result.stdout)["models"]] == [12, 12]
     warnings = [line for line in result.stderr.splitlines() if "3_gray" in line]
     assert len(warnings) == 1 and "warning" in warnings[0] and "no images" in warnings[0]

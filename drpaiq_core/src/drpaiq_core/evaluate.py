@@ -49,6 +49,10 @@ class ModelScore:
     :ivar hits: whether that best class is the label, image by image.
     :ivar outputs: scores per image in the model's first output.
     :ivar unlabeled: images whose best class is an index that no class folder has.
+    :ivar kl_sum: the sum over images of KL(first model || this one) of the class
+        probabilities (see :func:`log_probabilities`), for models that ran on the same
+        batches as the first model.
+    :ivar kl_images: the images in ``kl_sum`` (0 when it could not be measured).
     """
 
     model: Path
@@ -59,6 +63,17 @@ class ModelScore:
     hits: list[np.ndarray] = field(default_factory=list, repr=False)
     outputs: int = 0
     unlabeled: int = 0
+    kl_sum: float = 0.0
+    kl_images: int = 0
+
+    def kl(self, base: ModelScore) -> float | None:
+        """Mean KL divergence (nats) of this model's class probabilities from
+        ``base``'s: how far an INT8 model's answers are from the FP32 model's on every
+        image, not only the few whose top-1 class changes. None when it could not be
+        measured on all of ``base``'s images (another input shape or class count)."""
+        if self is base or self.kl_images == 0 or self.kl_images != base.total:
+            return None
+        return self.kl_sum / self.kl_images
 
     def flips(self, base: ModelScore) -> int | None:
         """Images whose best class differs from ``base``'s (how closely this model, an
@@ -171,6 +186,9 @@ class Evaluation:
                 if paired is not None:
                     row["top1_right_only"], row["top1_right_only_first"] = paired
                     row["top1_p"] = round(mcnemar_p(*paired), 4)
+                kl = score.kl(base)
+                if kl is not None:
+                    row["kl_from_first"] = float(f"{kl:.4g}")
             rows.append(row)
         result = {
             "dataset": str(self.dataset),
@@ -186,12 +204,13 @@ class Evaluation:
 
     def to_text(self) -> str:
         """A table: model, top-1, top-5, the deltas to the first model (points), the
-        flips (images whose top-1 class differs from the first model's) and ``p``, the
-        McNemar p-value of the top-1 difference (see :func:`mcnemar_p`). When the
+        flips (images whose top-1 class differs from the first model's), ``p``, the
+        McNemar p-value of the top-1 difference (see :func:`mcnemar_p`), and ``KL``, the
+        mean KL divergence of the class probabilities from the first model's. When the
         models saw different numbers of images, an ``images`` column shows each
         model's and a line under the table says why flips and p are blank."""
         same = self.same_images
-        header = ["model", "top-1", "top-5", "delta top-1", "delta top-5", "flips", "p"]
+        header = ["model", "top-1", "top-5", "delta top-1", "delta top-5", "flips", "p", "KL"]
         if not same:
             header.insert(1, "images")
         table = [header]
@@ -203,6 +222,7 @@ class Evaluation:
                 f"{row['delta_top5']:+.2f}" if "delta_top5" in row else "",
                 str(row["top1_flips"]) if "top1_flips" in row else "",
                 f"{row['top1_p']:.2f}" if "top1_p" in row else "",
+                f"{row['kl_from_first']:.2e}" if "kl_from_first" in row else "",
             ]
             table.append([row["model"], *([] if same else [str(row["images"])]), *cells])
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -344,10 +364,17 @@ def evaluate(
                     raise UserError(f"reader {reader} gave no class labels; use an image reader")
                 labels = np.asarray(batch.labels)
                 feeds_in_order = [batch.feeds[spec.name] for spec in first_inputs]
+                base: np.ndarray | None = None
                 for index, session in zip(members, sessions):
                     feeds = {spec.name: v for spec, v in zip(loaded[index][1], feeds_in_order)}
                     logits = _class_scores(result.scores[index], session, feeds, batches[index])
                     _tally(result.scores[index], logits, labels, len(result.classes))
+                    # The first model's batch is the first of its group's: the others
+                    # of the group are compared with it on the same images.
+                    if index == 0:
+                        base = log_probabilities(logits)
+                    elif base is not None and logits.shape == base.shape:
+                        _add_kl(result.scores[index], base, log_probabilities(logits))
                 bar.advance(len(labels))
         for index, session in zip(members, sessions):
             _warn_extra_scores(result.scores[index], session, len(result.classes))
@@ -415,6 +442,24 @@ def _tally(score: ModelScore, logits: np.ndarray, labels: np.ndarray, classes: i
     score.top5 += int(np.sum(np.any(order == labels[:, None], axis=1)))
     score.total += int(labels.shape[0])
     score.unlabeled += int(np.count_nonzero(order[:, 0] >= classes))
+
+
+def log_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Per image, the log of its class probabilities: ``scores`` as they are when every
+    row is already a probability distribution (a model ending in Softmax), else their
+    log-softmax (logits)."""
+    values = np.asarray(scores, dtype=np.float64)
+    if np.all(values >= 0.0) and np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
+        return np.log(np.maximum(values, 1e-12))
+    shifted = values - values.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _add_kl(score: ModelScore, base: np.ndarray, mine: np.ndarray) -> None:
+    """Add one batch's KL(base || mine) per image (log-probabilities in) to ``score``."""
+    divergence = np.sum(np.exp(base) * (base - mine), axis=1)
+    score.kl_sum += float(np.sum(np.maximum(divergence, 0.0)))
+    score.kl_images += int(divergence.shape[0])
 
 
 def _warn_extra_scores(score: ModelScore, session: Any, classes: int) -> None:
