@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from drpaiq_core.cli import build_cli
 from drpaiq_core.evaluate import (
+    PROBABILITY_FLOOR,
     Evaluation,
     ModelScore,
     evaluate,
@@ -342,3 +343,64 @@ def test_sample_accuracy(tmp_path):
                  "400", "--json")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["models"][0]["top1"] > 50.0
+
+
+def _with_softmax(source: Path, target: Path, quantized: bool) -> Path:
+    """``source`` with a Softmax on its scores; ``quantized``: followed by what an INT8
+    model's requantization can do to it, rows summing to 1.01 instead of 1 and small
+    probabilities rounded to 0 (a Mul by 1.01, then QuantizeLinear/DequantizeLinear at
+    uint8, scale 1/200)."""
+    model = onnx.load(str(source))
+    scores = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Softmax", [scores], ["probs"], axis=1))
+    last = "probs"
+    if quantized:
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(1.01, np.float32), "drift"),
+                numpy_helper.from_array(np.array(1 / 200, np.float32), "s"),
+                numpy_helper.from_array(np.array(0, np.uint8), "z"),
+            ]
+        )
+        model.graph.node.extend(
+            [
+                helper.make_node("Mul", ["probs", "drift"], ["drifted"]),
+                helper.make_node("QuantizeLinear", ["drifted", "s", "z"], ["q"]),
+                helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+            ]
+        )
+        last = "dq"
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info(last, TensorProto.FLOAT, ["N", 3]))
+    onnx.save(model, str(target))
+    return target
+
+
+def test_probability_outputs_are_compared_as_probabilities(work):
+    """A model ending in Softmax against its INT8-style copy: the copy's outputs are
+    read as probabilities because the first model's are (renormalized, zeros floored),
+    although on their own they do not sum to 1: a small KL, the one computed by hand."""
+    color_classifier(work / "sharp.onnx")
+    # Sharper scores, so that some probabilities round to 0 in the copy.
+    sharp = onnx.load(str(work / "sharp.onnx"))
+    sharp.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(numpy_helper.to_array(sharp.graph.initializer[0]) * 12, "w")
+    )
+    onnx.save(sharp, str(work / "sharp.onnx"))
+    _with_softmax(work / "sharp.onnx", work / "fp32.onnx", quantized=False)
+    _with_softmax(work / "sharp.onnx", work / "int8.onnx", quantized=True)
+    result = run("-q", "evaluate", "fp32.onnx", "int8.onnx", "-d", "ds", "--json")
+    assert result.exit_code == 0, result.stderr
+    kl = json.loads(result.stdout)["models"][1]["kl_from_first"]
+    inputs = model_inputs(onnx.load(str(work / "fp32.onnx")))
+    reader = get_plugin_host().readers.get("nchw_image")
+    context = ReaderContext(dataset=work / "ds", model_path=None, inputs=inputs, labeled=True)
+    images = np.concatenate([b.feeds[inputs[0].name] for b in reader(context).batches()])
+    p, q = (
+        ort.InferenceSession(str(work / name)).run(None, {inputs[0].name: images})[0]
+        for name in ("fp32.onnx", "int8.onnx")
+    )
+    assert np.any(q == 0.0) and np.all(q.sum(axis=1) > 1.005)  # not read as probabilities alone
+    q = np.maximum(q / q.sum(axis=1, keepdims=True), PROBABILITY_FLOOR)
+    expected = float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+    assert kl == pytest.approx(expected, rel=1e-3) and 0.0 < kl < 0.05

@@ -365,16 +365,20 @@ def evaluate(
                 labels = np.asarray(batch.labels)
                 feeds_in_order = [batch.feeds[spec.name] for spec in first_inputs]
                 base: np.ndarray | None = None
+                as_probabilities = False
                 for index, session in zip(members, sessions):
                     feeds = {spec.name: v for spec, v in zip(loaded[index][1], feeds_in_order)}
                     logits = _class_scores(result.scores[index], session, feeds, batches[index])
                     _tally(result.scores[index], logits, labels, len(result.classes))
                     # The first model's batch is the first of its group's: the others
-                    # of the group are compared with it on the same images.
+                    # of the group are compared with it on the same images, their
+                    # outputs read as the first model's are (probabilities or logits).
                     if index == 0:
-                        base = log_probabilities(logits)
+                        as_probabilities = is_probabilities(logits)
+                        base = log_probabilities(logits, as_probabilities)
                     elif base is not None and logits.shape == base.shape:
-                        _add_kl(result.scores[index], base, log_probabilities(logits))
+                        mine = log_probabilities(logits, as_probabilities)
+                        _add_kl(result.scores[index], base, mine)
                 bar.advance(len(labels))
         for index, session in zip(members, sessions):
             _warn_extra_scores(result.scores[index], session, len(result.classes))
@@ -444,13 +448,32 @@ def _tally(score: ModelScore, logits: np.ndarray, labels: np.ndarray, classes: i
     score.unlabeled += int(np.count_nonzero(order[:, 0] >= classes))
 
 
-def log_probabilities(scores: np.ndarray) -> np.ndarray:
-    """Per image, the log of its class probabilities: ``scores`` as they are when every
-    row is already a probability distribution (a model ending in Softmax), else their
-    log-softmax (logits)."""
+#: The smallest probability a model's output is taken to hold: an INT8 Softmax output
+#: rounds small probabilities to 0, whose log would be -inf.
+PROBABILITY_FLOOR = 1e-6
+
+
+def is_probabilities(scores: np.ndarray) -> bool:
+    """Whether every row of ``scores`` is a probability distribution (non-negative,
+    summing to 1): the output of a Softmax rather than logits."""
     values = np.asarray(scores, dtype=np.float64)
-    if np.all(values >= 0.0) and np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
-        return np.log(np.maximum(values, 1e-12))
+    return bool(np.all(values >= 0.0) and np.allclose(values.sum(axis=1), 1.0, atol=1e-3))
+
+
+def log_probabilities(scores: np.ndarray, probabilities: bool | None = None) -> np.ndarray:
+    """Per image, the log of its class probabilities. ``probabilities`` says how to read
+    ``scores`` (by default: :func:`is_probabilities`): as probabilities, renormalized
+    (an INT8 Softmax output need not sum to 1 exactly) with a floor of
+    :data:`PROBABILITY_FLOOR`; else as logits, through log-softmax."""
+    values = np.asarray(scores, dtype=np.float64)
+    if probabilities is None:
+        probabilities = is_probabilities(values)
+    if probabilities:
+        values = np.maximum(values, 0.0)
+        total = values.sum(axis=1, keepdims=True)
+        uniform = np.full_like(values, 1.0 / values.shape[1])  # for an all-zero row
+        values = np.divide(values, total, out=uniform, where=total > 0)
+        return np.log(np.maximum(values, PROBABILITY_FLOOR))
     shifted = values - values.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
