@@ -348,6 +348,7 @@ def test_a_sum_input_is_cut_to_what_reaches_the_clipped_output(tmp_path: Path, o
     cut = plan.cuts[(op.lower(), 0)]
     assert cut == pytest.approx(expected, abs=1e-6)
     assert (op.lower(), 1) not in plan.cuts  # the skip's whole range can reach the output
+    assert "1 Add/Sub input range(s) cut to the values that can still reach" in summary.notes[-1]
     # The branch is read by the sum alone: quantized once, over the cut, at the shared
     # scale; the skip (read by the branch too) keeps its own and is requantized on its edge.
     c = plan.activations["c"]
@@ -442,6 +443,7 @@ def test_an_unclipped_sum_keeps_its_inputs_ranges(tmp_path: Path) -> None:
     model = make_model(nodes, inputs, outputs, inits)
     _, _, summary = run_quantize(tmp_path, model, random_feeds(inputs))
     assert summary.plan.cuts == {}
+    assert not any("cut to the values" in note for note in summary.notes)
 
 
 def test_concat_requantizes_a_narrow_input_that_others_read(tmp_path: Path) -> None:

@@ -166,6 +166,11 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         summary.notes.append(
             f"opset raised from {summary.opset[0]} to {summary.opset[1]} for per-channel weights"
         )
+    if plan.cuts:
+        summary.notes.append(
+            f"{len(plan.cuts)} Add/Sub input range(s) cut to the values that can still reach "
+            "the output's range (plan.cuts in --summary-json)"
+        )
     if correction is not None:
         summary.notes.append(correction.note())
     if config.summary_json is not None:
