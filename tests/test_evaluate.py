@@ -65,6 +65,19 @@ def test_side_by_side_with_deltas(work):
     assert "delta_top1" not in right and "top1_flips" not in right and "top1_p" not in right
 
 
+def _outputs_on_folder(work: Path, *names: str) -> list[np.ndarray]:
+    """Each model's first output on every image of ``work / "ds"``, read as evaluate
+    reads them (the nchw_image reader, no normalization options), all in one batch."""
+    inputs = model_inputs(onnx.load(str(work / names[0])))
+    reader = get_plugin_host().readers.get("nchw_image")
+    context = ReaderContext(dataset=work / "ds", model_path=None, inputs=inputs, labeled=True)
+    images = np.concatenate([b.feeds[inputs[0].name] for b in reader(context).batches()])
+    return [
+        ort.InferenceSession(str(work / name)).run(None, {inputs[0].name: images})[0]
+        for name in names
+    ]
+
+
 def test_kl_is_the_mean_divergence_of_the_class_probabilities(work):
     """The KL column: 0 for the same model, and for another the mean over the images of
     KL(first || other) of the softmax of their outputs, computed here by hand."""
@@ -72,14 +85,7 @@ def test_kl_is_the_mean_divergence_of_the_class_probabilities(work):
     assert result.exit_code == 0, result.stderr
     first, same, wrong = json.loads(result.stdout)["models"]
     assert "kl_from_first" not in first and same["kl_from_first"] == 0.0
-    inputs = model_inputs(onnx.load(str(work / "right.onnx")))
-    reader = get_plugin_host().readers.get("nchw_image")
-    context = ReaderContext(dataset=work / "ds", model_path=None, inputs=inputs, labeled=True)
-    images = np.concatenate([b.feeds[inputs[0].name] for b in reader(context).batches()])
-    ours, theirs = (
-        ort.InferenceSession(str(work / name)).run(None, {inputs[0].name: images})[0]
-        for name in ("right.onnx", "wrong.onnx")
-    )
+    ours, theirs = _outputs_on_folder(work, "right.onnx", "wrong.onnx")
     log_p, log_q = log_probabilities(ours), log_probabilities(theirs)
     expected = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
     assert wrong["kl_from_first"] == pytest.approx(expected, rel=1e-3)
@@ -392,14 +398,7 @@ def test_probability_outputs_are_compared_as_probabilities(work):
     result = run("-q", "evaluate", "fp32.onnx", "int8.onnx", "-d", "ds", "--json")
     assert result.exit_code == 0, result.stderr
     kl = json.loads(result.stdout)["models"][1]["kl_from_first"]
-    inputs = model_inputs(onnx.load(str(work / "fp32.onnx")))
-    reader = get_plugin_host().readers.get("nchw_image")
-    context = ReaderContext(dataset=work / "ds", model_path=None, inputs=inputs, labeled=True)
-    images = np.concatenate([b.feeds[inputs[0].name] for b in reader(context).batches()])
-    p, q = (
-        ort.InferenceSession(str(work / name)).run(None, {inputs[0].name: images})[0]
-        for name in ("fp32.onnx", "int8.onnx")
-    )
+    p, q = _outputs_on_folder(work, "fp32.onnx", "int8.onnx")
     assert np.any(q == 0.0) and np.all(q.sum(axis=1) > 1.005)  # not read as probabilities alone
     q = np.maximum(q / q.sum(axis=1, keepdims=True), PROBABILITY_FLOOR)
     expected = float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
