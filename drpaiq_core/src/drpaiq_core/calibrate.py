@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -423,6 +423,13 @@ class ActivationRunner:
             )
         return stats
 
+    def outputs(self, batches: Iterable[Batch]) -> Iterator[list[np.ndarray]]:
+        """The fetched tensors for ``batches``, run after run: small batches are stacked
+        as in a calibration pass, so two runners over models with the same outputs run
+        the same batches together."""
+        for run in self._runs(iter(batches)):
+            yield run.outputs
+
     def _runs(self, batches: Iterator[Batch]) -> Iterator[_Run]:
         """The batches run through the session, in order.
 
@@ -552,7 +559,7 @@ def read_ahead_of(reader: Reader) -> Prefetch[Batch]:
     ahead (:data:`_PREFETCH_BATCHES`, :data:`_PREFETCH_BYTES`); a context manager that
     stops the thread on leaving."""
     return Prefetch(
-        _batches(reader), depth=_PREFETCH_BATCHES, max_bytes=_PREFETCH_BYTES, size=_feed_bytes
+        batches_of(reader), depth=_PREFETCH_BATCHES, max_bytes=_PREFETCH_BYTES, size=_feed_bytes
     )
 
 
@@ -726,7 +733,8 @@ def _reader_length(reader: Reader) -> int | None:
         return None
 
 
-def _batches(reader: Reader) -> Iterator[Batch]:
+def batches_of(reader: Reader) -> Iterator[Batch]:
+    """The reader's batches, each as a :class:`Batch` (a reader may yield plain dicts)."""
     for batch in reader.batches():
         yield batch if isinstance(batch, Batch) else Batch(feeds=dict(batch))
 

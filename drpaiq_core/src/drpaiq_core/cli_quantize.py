@@ -41,6 +41,8 @@ from drpaiq_core.options import (
 
 #: ``ctx.meta`` key of the advanced ``(key, value)`` pairs found on the command line.
 ADVANCED_META = "drpaiq.advanced"
+#: Samples ``--diagnose`` runs when ``--diagnose-samples`` is not given.
+DIAGNOSE_SAMPLES = 32
 
 _NUMBER = re.compile(r"^[\[(]*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?[\])]*,?[\])]*,?$")
 
@@ -324,6 +326,8 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
         input_shape=parse_shape(params["input_shape"]) if params["input_shape"] else None,
         debug_dir=Path(params["debug_dir"]) if params["debug_dir"] else None,
         summary_json=Path(params["summary_json"]) if params["summary_json"] else None,
+        diagnose_samples=params["diagnose_samples"]
+        or (DIAGNOSE_SAMPLES if params["diagnose"] else 0),
         quiet=state.quiet,
         tvm=params["tvm"],
         datareader_path=datareader,
@@ -494,6 +498,20 @@ def _activation_type(ctx: click.Context, param: click.Parameter, value: str | No
     help="Write calibration debug output (histograms, thresholds) here.",
 )
 @click.option("--summary-json", "summary_json", metavar="FILE", help="Write the summary as JSON.")
+@click.option(
+    "--diagnose",
+    "diagnose",
+    is_flag=True,
+    help="Then find where the error comes from: each quantized tensor and weight in float "
+    "in turn, on the first calibration samples.",
+)
+@click.option(
+    "--diagnose-samples",
+    "diagnose_samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Samples the diagnosis runs (implies --diagnose).  [default: {DIAGNOSE_SAMPLES}]",
+)
 @click.option(
     "--exclude-patterns",
     "exclude_patterns",

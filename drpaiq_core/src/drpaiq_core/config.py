@@ -37,6 +37,9 @@ class QuantizeConfig:
     :ivar input_shape: the input shape for models with dynamic H/W.
     :ivar debug_dir: write calibration debug output (entropy histograms) here.
     :ivar summary_json: write the run summary as JSON here.
+    :ivar diagnose_samples: after planning, run this many calibration samples to find
+        where the quantization error comes from (0, the default: no diagnosis); see
+        :mod:`drpaiq_core.diagnose`.
     :ivar quiet: no progress bars or info lines.
     :ivar tvm: the reference's ``--tvm`` flow (built-in TVM reader).
     :ivar datareader_path: the reference's ``--datareader_path``: a ``.py`` file whose
@@ -66,6 +69,7 @@ class QuantizeConfig:
     input_shape: tuple[int, ...] | None = None
     debug_dir: Path | None = None
     summary_json: Path | None = None
+    diagnose_samples: int = 0
     quiet: bool = False
     tvm: bool = False
     datareader_path: Path | None = None

@@ -25,6 +25,10 @@ from drpaiq_core.summary import Summary
 if TYPE_CHECKING:
     import onnx
 
+    from drpaiq_core.graph import ModelGraph
+    from drpaiq_core.plan import QuantPlan
+    from drpaiq_core.plugin_api import Calibrator, Reader, TensorRange
+
 log = logging.getLogger("drpaiq")
 
 
@@ -94,6 +98,11 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         # Checked now: it is written only at the end, after the model.
         check_output_path(Path(config.preprocessed_model_output), (input_path, output_path))
     options = quant_options(config)
+    if config.diagnose_samples < 0:
+        raise UserError(
+            f"diagnose_samples is {config.diagnose_samples}; give a number of samples, or 0 "
+            "for no diagnosis"
+        )
     # Read now: a bad value fails before any work rather than after calibration.
     bias_correction = option_bool(config.options, "bias_correction", False)
     rules = exclusion_rules(config)
@@ -139,6 +148,36 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
             from drpaiq_core.bias_correction import correct_biases
 
             correction = correct_biases(model, plan, reader, quiet=config.quiet, workdir=workdir)
+        diagnosis = None
+        if config.diagnose_samples:
+            from drpaiq_core.diagnose import diagnose
+
+            def replan(nodes: tuple[str, ...]) -> QuantPlan:
+                return _replan(
+                    nodes,
+                    model,
+                    graph,
+                    rules,
+                    options,
+                    host,
+                    result.ranges,
+                    reader,
+                    calibrator,
+                    bias_correction=bias_correction,
+                    quiet=config.quiet,
+                    workdir=workdir,
+                )
+
+            diagnosis = diagnose(
+                model,
+                plan,
+                selection.narrowed,
+                reader,
+                config.diagnose_samples,
+                replan=replan,
+                quiet=config.quiet,
+                workdir=workdir,
+            )
         quantized = emit(model, plan)
         verify(quantized)
         write_model(quantized, output_path)
@@ -161,6 +200,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         size_after=_file_size(output_path),
         opset=(opset_before, default_opset(quantized)),
         plan=plan,
+        diagnosis=diagnosis,
     )
     if summary.opset[1] != summary.opset[0]:
         summary.notes.append(
@@ -176,6 +216,49 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     if config.summary_json is not None:
         write_text(Path(config.summary_json), summary.to_json())
     return summary
+
+
+def _replan(
+    nodes: tuple[str, ...],
+    model: onnx.ModelProto,
+    graph: ModelGraph,
+    rules: ExclusionRules,
+    options: QuantOptions,
+    host: PluginHost,
+    ranges: dict[str, TensorRange],
+    reader: Reader,
+    calibrator: Calibrator,
+    *,
+    bias_correction: bool,
+    quiet: bool,
+    workdir: Path,
+) -> QuantPlan:
+    """The run's plan with ``nodes`` excluded as well (the diagnosis's suggestion), as
+    ``-exn`` would give it. Tensors that the new boundaries need and calibration did
+    not measure are calibrated now (added to ``ranges``)."""
+    from drpaiq_core.calibrate import calibrate
+    from drpaiq_core.plan import build_plan
+    from drpaiq_core.select import select
+
+    more = dataclasses.replace(rules, node_names=(*rules.node_names, *nodes))
+    logger = logging.getLogger("drpaiq")
+    level = logger.level
+    # The run's own rules were reported once already.
+    logger.setLevel(logging.ERROR)
+    try:
+        selection = select(host, graph, more, options)
+    finally:
+        logger.setLevel(level)
+    missing = [t for t in selection.range_tensors if t not in ranges]
+    if missing:
+        found = calibrate(model, missing, reader, calibrator, quiet=quiet, workdir=workdir)
+        ranges.update(found.ranges)
+    plan = build_plan(selection, graph, ranges, options)
+    if bias_correction:
+        from drpaiq_core.bias_correction import correct_biases
+
+        correct_biases(model, plan, reader, quiet=quiet, workdir=workdir)
+    return plan
 
 
 def _preprocessed(

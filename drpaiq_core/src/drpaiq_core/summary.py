@@ -27,6 +27,7 @@ class Summary:
     :ivar opset: (before, after).
     :ivar notes: other remarks of the run.
     :ivar plan: the :class:`~drpaiq_core.plan.QuantPlan` that was applied.
+    :ivar diagnosis: the :class:`~drpaiq_core.diagnose.Diagnosis`, when one was asked for.
     """
 
     input_model: Path
@@ -41,6 +42,7 @@ class Summary:
     opset: tuple[int, int] = (0, 0)
     notes: list[str] = field(default_factory=list)
     plan: Any = field(default=None, repr=False)
+    diagnosis: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -63,6 +65,7 @@ class Summary:
             "opset": list(self.opset),
             "notes": self.notes,
             "plan": self.plan.to_dict() if self.plan is not None else None,
+            "diagnosis": self.diagnosis.to_dict() if self.diagnosis is not None else None,
         }
 
     def to_json(self) -> str:
@@ -96,4 +99,6 @@ class Summary:
         ratio = self.size_after / self.size_before if self.size_before else 0.0
         lines.append(f"size {self.size_before:,} -> {self.size_after:,} bytes ({ratio:.2f}x)")
         lines.extend(self.notes)
+        if self.diagnosis is not None:
+            lines.append(self.diagnosis.to_text())
         return "\n".join(lines)
