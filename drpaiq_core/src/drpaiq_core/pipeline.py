@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -241,24 +242,31 @@ def _replan(
     from drpaiq_core.select import select
 
     more = dataclasses.replace(rules, node_names=(*rules.node_names, *nodes))
-    logger = logging.getLogger("drpaiq")
-    level = logger.level
-    # The run's own rules were reported once already.
-    logger.setLevel(logging.ERROR)
-    try:
+    with _reported_already():
         selection = select(host, graph, more, options)
-    finally:
-        logger.setLevel(level)
     missing = [t for t in selection.range_tensors if t not in ranges]
     if missing:
         found = calibrate(model, missing, reader, calibrator, quiet=quiet, workdir=workdir)
         ranges.update(found.ranges)
-    plan = build_plan(selection, graph, ranges, options)
+    with _reported_already():
+        plan = build_plan(selection, graph, ranges, options)
     if bias_correction:
         from drpaiq_core.bias_correction import correct_biases
 
         correct_biases(model, plan, reader, quiet=quiet, workdir=workdir)
     return plan
+
+
+@contextlib.contextmanager
+def _reported_already() -> Iterator[None]:
+    """Errors only: the run's rules and plan were reported once already."""
+    logger = logging.getLogger("drpaiq")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _preprocessed(
