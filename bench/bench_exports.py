@@ -18,6 +18,12 @@ Runtime or its INT8 model more than 1.1x slower.
     python bench/bench_exports.py --models yolo,pruned --methods MinMax
     python bench/bench_exports.py --opset 17 --keep /tmp/exports   # keep every model
     python bench/bench_exports.py --option bias_correction=True   # drpaiq with an advanced option
+    python bench/bench_exports.py --diagnose     # + what --diagnose's suggested -exn gains
+
+With ``--diagnose`` two columns follow: how many nodes drpaiq's ``--diagnose`` (run on
+the first 32 calibration images) suggests to exclude, and what quantizing again with
+that ``-exn`` list gains over drpaiq's plain model on the test images, which the
+diagnosis never sees.
 
 SQNR = 10 log10(sum(fp32^2) / sum((fp32 - int8)^2)) over all outputs of the first 200
 images of ``samples/data/test`` (sorted, sub-folders included), which calibration never
@@ -46,11 +52,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from drpaiq_core.summary import Summary
     from export_models import ExportModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +65,8 @@ CALIBRATE = ROOT / "samples" / "data" / "calibrate"
 TEST = ROOT / "samples" / "data" / "test"
 CALIBRATION_IMAGES = 40
 TEST_IMAGES = 200
+#: Calibration images the diagnosis runs (--diagnose): drpaiq's default.
+DIAGNOSE_SAMPLES = 32
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 #: A row is reported when drpaiq's SQNR is lower than ONNX Runtime's by more than this.
@@ -87,6 +96,10 @@ class Row:
     drpaiq: Result
     ort: Result
     float_nodes: int | None = None
+    #: With --diagnose: how many nodes the diagnosis suggested to exclude, and the SQNR
+    #: of drpaiq's model quantized with them excluded.
+    excluded: int | None = None
+    diagnosed_sqnr: float = float("nan")
 
     @property
     def difference(self) -> float:
@@ -188,10 +201,15 @@ def sqnr(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) -> fl
 
 
 def quantize_drpaiq(
-    source: Path, out: Path, layout: str, method: str, options: Mapping[str, str] | None = None
-) -> tuple[float, int]:
-    """Quantize with drpaiq's Python API; the wall time (s) and the number of nodes
-    its summary lists as left in float."""
+    source: Path,
+    out: Path,
+    layout: str,
+    method: str,
+    options: Mapping[str, str] | None = None,
+    **fields: Any,
+) -> tuple[float, int, Summary]:
+    """Quantize with drpaiq's Python API (``fields``: more QuantizeConfig fields); the
+    wall time (s), the number of nodes its summary lists as left in float, the summary."""
     from drpaiq_core.config import QuantizeConfig
     from drpaiq_core.pipeline import quantize
     from drpaiq_core.select import NO_FLOAT_OUTPUT
@@ -210,11 +228,30 @@ def quantize_drpaiq(
             summary_json=out.with_suffix(".json"),
             quiet=True,
             options=dict(options or {}),
+            **fields,
         )
     )
     seconds = time.perf_counter() - start
     left = sum(1 for _, why in summary.float_nodes.values() if why != NO_FLOAT_OUTPUT)
-    return seconds, left
+    return seconds, left, summary
+
+
+def diagnosed(
+    fp32: Path, folder: Path, spec: ExportModel, method: str, options: Mapping[str, str] | None
+) -> tuple[tuple[str, ...], Path]:
+    """drpaiq's diagnosis of one model (on the first DIAGNOSE_SAMPLES calibration
+    images), and the model quantized again with its suggested exclusions (the plain
+    model when it suggests none)."""
+    base = folder / f"{spec.name}_{method}_diagnosed.onnx"
+    _, _, summary = quantize_drpaiq(
+        fp32, base, spec.layout, method, options, diagnose_samples=DIAGNOSE_SAMPLES
+    )
+    suggested = summary.diagnosis.suggested
+    if not suggested:
+        return (), base
+    out = folder / f"{spec.name}_{method}_excluded.onnx"
+    quantize_drpaiq(fp32, out, spec.layout, method, options, nodes_to_exclude=suggested)
+    return suggested, out
 
 
 def quantize_ort(source: Path, out: Path, images: np.ndarray, method: str, scratch: Path) -> float:
@@ -240,9 +277,11 @@ def bench_model(
     scratch: Path,
     options: Mapping[str, str] | None = None,
     test_images: int = TEST_IMAGES,
+    diagnose: bool = False,
 ) -> list[Row]:
     """Build, export and quantize one model with each method (drpaiq with the advanced
-    ``options``), measured on ``test_images`` images; its table rows."""
+    ``options``), measured on ``test_images`` images; its table rows. With ``diagnose``,
+    also drpaiq's model quantized with the exclusions its diagnosis suggests."""
     from export_models import build, export
 
     calibration = read_images(CALIBRATE, spec.layout, spec.size, CALIBRATION_IMAGES)
@@ -256,10 +295,14 @@ def bench_model(
         ours = folder / f"{spec.name}_{method}_drpaiq.onnx"
         theirs = folder / f"{spec.name}_{method}_ort.onnx"
         try:
-            row.drpaiq.seconds, row.float_nodes = quantize_drpaiq(
+            row.drpaiq.seconds, row.float_nodes, _ = quantize_drpaiq(
                 fp32, ours, spec.layout, method, options
             )
             row.drpaiq.sqnr = sqnr(reference, run_outputs(ours, test))
+            if diagnose:
+                suggested, excluded = diagnosed(fp32, folder, spec, method, options)
+                row.excluded = len(suggested)
+                row.diagnosed_sqnr = sqnr(reference, run_outputs(excluded, test))
         except Exception as exc:
             row.drpaiq.error = failure(exc)
         try:
@@ -293,6 +336,8 @@ COLUMNS = (
     "infer ratio",
     "drpaiq float nodes",
 )
+#: With --diagnose: the nodes the diagnosis suggested, and what excluding them gained.
+DIAGNOSE_COLUMNS = ("suggested -exn nodes", "-exn gain dB")
 
 
 def cells(row: Row) -> list[str]:
@@ -312,13 +357,19 @@ def cells(row: Row) -> list[str]:
         number(row.ort.seconds, ".2f"),
         number(row.infer_ratio, ".2f"),
         "-" if row.float_nodes is None else str(row.float_nodes),
+        *(
+            []
+            if row.excluded is None
+            else [str(row.excluded), number(row.diagnosed_sqnr - row.drpaiq.sqnr, "+.2f")]
+        ),
     ]
 
 
 def table(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table with padded columns (text left, numbers right)."""
     body = [cells(row) for row in rows]
-    widths = [max(len(text) for text in column) for column in zip(COLUMNS, *body)]
+    columns = COLUMNS + (DIAGNOSE_COLUMNS if body and len(body[0]) > len(COLUMNS) else ())
+    widths = [max(len(text) for text in column) for column in zip(columns, *body)]
 
     def line(texts: Sequence[str]) -> str:
         padded = [
@@ -328,7 +379,7 @@ def table(rows: Sequence[Row]) -> str:
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join("-" * (w + 1) + (":" if i >= 2 else "-") for i, w in enumerate(widths))
-    return "\n".join([line(COLUMNS), rule + "|", *(line(b) for b in body)])
+    return "\n".join([line(columns), rule + "|", *(line(b) for b in body)])
 
 
 def findings(rows: Sequence[Row]) -> list[str]:
@@ -365,6 +416,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=TEST_IMAGES,
         help=f"test images the SQNR is measured on (default {TEST_IMAGES})",
+    )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also quantize with the exclusions drpaiq's --diagnose suggests and give "
+        "their gain on the test images",
     )
     parser.add_argument(
         "--option",
@@ -423,7 +480,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = dict(item.split("=", 1) for item in args.option)
             for spec in specs:
                 rows_of_model = bench_model(
-                    spec, methods, args.opset, folder, scratch, options, args.test_images
+                    spec,
+                    methods,
+                    args.opset,
+                    folder,
+                    scratch,
+                    options,
+                    args.test_images,
+                    args.diagnose,
                 )
                 for row in rows_of_model:
                     rows.append(row)
