@@ -447,7 +447,7 @@ class ActivationRunner:
                 yield self._run_group(group)
                 group, count = [], 0
             group.append((number, batch))
-            count += _batch_size(batch.feeds)
+            count += batch_samples(batch.feeds)
             if count >= self._group_samples:
                 yield self._run_group(group)
                 group, count = [], 0
@@ -457,7 +457,7 @@ class ActivationRunner:
     def _run_group(self, group: list[tuple[int, Batch]]) -> _Run:
         if len(group) == 1:
             number, batch = group[0]
-            run = _Run(batch.feeds, self._run(batch, number), _batch_size(batch.feeds))
+            run = _Run(batch.feeds, self._run(batch, number), batch_samples(batch.feeds))
             if self._group_samples == 0:
                 self._group_samples = self._group_size(run)
             return run
@@ -465,7 +465,7 @@ class ActivationRunner:
             name: np.concatenate([batch.feeds[name] for _, batch in group])
             for name in group[0][1].feeds
         }
-        samples = sum(_batch_size(batch.feeds) for _, batch in group)
+        samples = sum(batch_samples(batch.feeds) for _, batch in group)
         try:
             outputs = list(self.session.run(self.fetched, feeds)) if self.fetched else []
         except Exception:
@@ -757,7 +757,8 @@ def _stackable(a: Batch, b: Batch) -> bool:
     return True
 
 
-def _batch_size(feeds: dict[str, np.ndarray]) -> int:
+def batch_samples(feeds: dict[str, np.ndarray]) -> int:
+    """How many samples a batch's feeds hold (the first input's first dimension)."""
     first = next(iter(feeds.values()), None)
     if first is None:
         return 0

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from drpaiq_core.evaluate import is_probabilities, log_probabilities
+from drpaiq_core.evaluate import is_probabilities, kl_per_image, log_probabilities
 from drpaiq_core.plan import QuantPlan
 from drpaiq_core.plugin_api import Batch, Reader
 from drpaiq_core.progress import progress
@@ -230,6 +230,7 @@ def diagnose(
     :param quiet: no progress bars.
     :param workdir: where a model of 2 GB or more is staged for ONNX Runtime.
     """
+    from drpaiq_core.calibrate import batch_samples
     from drpaiq_core.emit import emit
 
     batches = _first_samples(reader, samples)
@@ -244,7 +245,9 @@ def diagnose(
         produced = _outputs(emit(model, variant), outputs, batches, workdir)
         return _score(reference, produced, signal, classes)
 
-    diagnosis = Diagnosis(samples=sum(_size(b) for b in batches), quantized=score(plan))
+    diagnosis = Diagnosis(
+        samples=sum(batch_samples(b.feeds) for b in batches), quantized=score(plan)
+    )
     suspects = _suspects(model, plan, narrowed)
     scored = [
         dataclasses.replace(suspect, score=score(variant))
@@ -353,21 +356,16 @@ def _with_narrowing(
 
 def _first_samples(reader: Reader, samples: int) -> list[Batch]:
     """The reader's first batches, up to ``samples`` samples."""
-    from drpaiq_core.calibrate import batches_of
+    from drpaiq_core.calibrate import batch_samples, batches_of
 
     kept: list[Batch] = []
     count = 0
     for batch in batches_of(reader):
         kept.append(batch)
-        count += _size(batch)
+        count += batch_samples(batch.feeds)
         if count >= samples:
             break
     return kept
-
-
-def _size(batch: Batch) -> int:
-    first = np.asarray(next(iter(batch.feeds.values())))
-    return int(first.shape[0]) if first.ndim else 1
 
 
 def _outputs(
@@ -404,10 +402,10 @@ def _score(
         for index, (ref, value) in enumerate(zip(ref_run, run)):
             noise[index] += float(np.sum(np.square(value.astype(np.float64) - ref)))
         if classes is not None:
-            base = log_probabilities(ref_run[0], classes)
-            mine = log_probabilities(run[0], classes)
-            per_image = np.sum(np.exp(base) * (base - mine), axis=1)
-            divergence += float(np.sum(np.maximum(per_image, 0.0)))
+            per_image = kl_per_image(
+                log_probabilities(ref_run[0], classes), log_probabilities(run[0], classes)
+            )
+            divergence += float(np.sum(per_image))
             images += per_image.shape[0]
     ratios = [n / s if s > 0 else (0.0 if n == 0 else math.inf) for n, s in zip(noise, signal)]
     ratio = sum(ratios) / len(ratios) if ratios else 0.0

@@ -478,10 +478,16 @@ def log_probabilities(scores: np.ndarray, probabilities: bool | None = None) -> 
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def kl_per_image(base: np.ndarray, mine: np.ndarray) -> np.ndarray:
+    """KL(base || mine) of each image, from log-probabilities (:func:`log_probabilities`);
+    never negative (rounding could make a tiny one so)."""
+    return np.maximum(np.sum(np.exp(base) * (base - mine), axis=1), 0.0)
+
+
 def _add_kl(score: ModelScore, base: np.ndarray, mine: np.ndarray) -> None:
     """Add one batch's KL(base || mine) per image (log-probabilities in) to ``score``."""
-    divergence = np.sum(np.exp(base) * (base - mine), axis=1)
-    score.kl_sum += float(np.sum(np.maximum(divergence, 0.0)))
+    divergence = kl_per_image(base, mine)
+    score.kl_sum += float(np.sum(divergence))
     score.kl_images += int(divergence.shape[0])
 
 

@@ -26,9 +26,7 @@ from drpaiq_core.summary import Summary
 if TYPE_CHECKING:
     import onnx
 
-    from drpaiq_core.graph import ModelGraph
     from drpaiq_core.plan import QuantPlan
-    from drpaiq_core.plugin_api import Calibrator, Reader, TensorRange
 
 log = logging.getLogger("drpaiq")
 
@@ -76,6 +74,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
 
     :raises UserError: for any problem with what the user gave; nothing is written then.
     """
+    from drpaiq_core.bias_correction import correct_biases
     from drpaiq_core.calibrate import calibrate
     from drpaiq_core.datasource import open_reader
     from drpaiq_core.emit import emit
@@ -146,28 +145,29 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         plan = build_plan(selection, graph, result.ranges, options)
         correction = None
         if bias_correction:
-            from drpaiq_core.bias_correction import correct_biases
-
             correction = correct_biases(model, plan, reader, quiet=config.quiet, workdir=workdir)
         diagnosis = None
         if config.diagnose_samples:
             from drpaiq_core.diagnose import diagnose
 
             def replan(nodes: tuple[str, ...]) -> QuantPlan:
-                return _replan(
-                    nodes,
-                    model,
-                    graph,
-                    rules,
-                    options,
-                    host,
-                    result.ranges,
-                    reader,
-                    calibrator,
-                    bias_correction=bias_correction,
-                    quiet=config.quiet,
-                    workdir=workdir,
-                )
+                """The plan with ``nodes`` excluded as well, as ``-exn`` gives it; the
+                tensors its new boundaries need that calibration did not measure are
+                calibrated now."""
+                more = dataclasses.replace(rules, node_names=(*rules.node_names, *nodes))
+                with _reported_already():
+                    chosen = select(host, graph, more, options)
+                missing = [t for t in chosen.range_tensors if t not in result.ranges]
+                if missing:
+                    found = calibrate(
+                        model, missing, reader, calibrator, quiet=config.quiet, workdir=workdir
+                    )
+                    result.ranges.update(found.ranges)
+                with _reported_already():
+                    replanned = build_plan(chosen, graph, result.ranges, options)
+                if bias_correction:
+                    correct_biases(model, replanned, reader, quiet=config.quiet, workdir=workdir)
+                return replanned
 
             diagnosis = diagnose(
                 model,
@@ -217,44 +217,6 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     if config.summary_json is not None:
         write_text(Path(config.summary_json), summary.to_json())
     return summary
-
-
-def _replan(
-    nodes: tuple[str, ...],
-    model: onnx.ModelProto,
-    graph: ModelGraph,
-    rules: ExclusionRules,
-    options: QuantOptions,
-    host: PluginHost,
-    ranges: dict[str, TensorRange],
-    reader: Reader,
-    calibrator: Calibrator,
-    *,
-    bias_correction: bool,
-    quiet: bool,
-    workdir: Path,
-) -> QuantPlan:
-    """The run's plan with ``nodes`` excluded as well (the diagnosis's suggestion), as
-    ``-exn`` would give it. Tensors that the new boundaries need and calibration did
-    not measure are calibrated now (added to ``ranges``)."""
-    from drpaiq_core.calibrate import calibrate
-    from drpaiq_core.plan import build_plan
-    from drpaiq_core.select import select
-
-    more = dataclasses.replace(rules, node_names=(*rules.node_names, *nodes))
-    with _reported_already():
-        selection = select(host, graph, more, options)
-    missing = [t for t in selection.range_tensors if t not in ranges]
-    if missing:
-        found = calibrate(model, missing, reader, calibrator, quiet=quiet, workdir=workdir)
-        ranges.update(found.ranges)
-    with _reported_already():
-        plan = build_plan(selection, graph, ranges, options)
-    if bias_correction:
-        from drpaiq_core.bias_correction import correct_biases
-
-        correct_biases(model, plan, reader, quiet=quiet, workdir=workdir)
-    return plan
 
 
 @contextlib.contextmanager
