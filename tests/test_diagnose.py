@@ -250,3 +250,28 @@ def test_a_negative_sample_count_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="diagnose_samples is -1"):
         quantize(config)
     assert not config.output_model.exists()
+
+
+def test_nodes_quantized_as_one_leave_int8_together(tmp_path: Path) -> None:
+    """MatMul + Add(constant) is one layer with an int32 bias, and the Relu after it
+    narrows its output: the three are excluded together, whichever the suspect is."""
+    rng = np.random.default_rng(4)
+    init = {
+        "w1": rng.normal(0, 0.5, (5, 6)).astype(np.float32),
+        "b1": rng.normal(0, 0.1, (6,)).astype(np.float32),
+        "w2": rng.normal(0, 0.5, (6, 3)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="mm1"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="bias1"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["y"], name="mm2"),
+    ]
+    inputs: dict[str, list[int | str]] = {"x": ["N", 5]}
+    model = make_model(nodes, inputs, ["y"], init)
+    feeds = random_feeds(inputs, batches=2, batch=4, seed=1)
+    _, _, summary = run_quantize(tmp_path, model, feeds, diagnose_samples=4)
+    suspects = {(s.kind, s.tensor): s for s in summary.diagnosis.suspects}
+    assert suspects[("weights", "w1")].nodes == ("mm1", "bias1", "relu1")
+    assert suspects[("activation", "r1")].nodes == ("relu1", "bias1", "mm1", "mm2")
+    assert suspects[("weights", "w2")].nodes == ("mm2",)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,11 @@ import numpy as np
 import onnx
 
 from drpaiq_core.evaluate import is_probabilities, kl_per_image, log_probabilities
+from drpaiq_core.graph import ModelGraph
 from drpaiq_core.plan import QuantPlan
 from drpaiq_core.plugin_api import Batch, Reader
 from drpaiq_core.progress import progress
+from drpaiq_core.select import Selection
 
 #: How many of the top suspects the suggested exclusion tries.
 SUGGESTED = 3
@@ -209,7 +211,7 @@ class Diagnosis:
 def diagnose(
     model: onnx.ModelProto,
     plan: QuantPlan,
-    narrowed: dict[str, str],
+    tied: Mapping[str, Sequence[str]],
     reader: Reader,
     samples: int,
     *,
@@ -221,8 +223,8 @@ def diagnose(
 
     :param model: the prepared FP32 model the plan was built for (not modified).
     :param plan: the plan of the run (not modified).
-    :param narrowed: producer output -> the ReLU/Clip output whose range it takes (the
-        selection's): excluding such a tensor's ReLU takes excluding its producer too.
+    :param tied: node -> the nodes quantized as one with it (:func:`tied_nodes`), which
+        are excluded with it.
     :param reader: the calibration data; its first ``samples`` samples are used.
     :param samples: how many samples to run (whole batches: one batch more may count).
     :param replan: the plan with more nodes excluded (the run's exclusions plus these);
@@ -248,7 +250,7 @@ def diagnose(
     diagnosis = Diagnosis(
         samples=sum(batch_samples(b.feeds) for b in batches), quantized=score(plan)
     )
-    suspects = _suspects(model, plan, narrowed)
+    suspects = _suspects(model, plan, tied)
     scored = [
         dataclasses.replace(suspect, score=score(variant))
         for suspect, variant in progress(
@@ -289,25 +291,55 @@ def _suggest(diagnosis: Diagnosis, measure: Callable[[tuple[str, ...]], Score]) 
 # -- suspects --------------------------------------------------------------------------
 
 
+def tied_nodes(selection: Selection, graph: ModelGraph) -> dict[str, tuple[str, ...]]:
+    """Node -> the other nodes quantized as one with it, which must leave INT8 together:
+    a Conv and the ReLU that narrows its output (excluded alone, the Conv's output would
+    be quantized over the whole pre-activation range on its way into the ReLU), a
+    MatMul and the Add whose constant became its int32 bias, and chains of those."""
+    pairs: list[tuple[str, str]] = []
+    for source, target in selection.narrowed.items():
+        first, second = graph.producer(source), graph.producer(target)
+        if first is not None and second is not None:
+            pairs.append((first.name, second.name))
+    pairs.extend((add, matmul) for add, (matmul, _) in selection.fused_adds.items())
+    linked: dict[str, set[str]] = {}
+    for a, b in pairs:
+        linked.setdefault(a, set()).add(b)
+        linked.setdefault(b, set()).add(a)
+    tied: dict[str, tuple[str, ...]] = {}
+    for start in linked:
+        seen, todo = {start}, [start]
+        while todo:
+            for other in sorted(linked[todo.pop()] - seen):
+                seen.add(other)
+                todo.append(other)
+        tied[start] = tuple(sorted(seen - {start}))
+    return tied
+
+
 def _suspects(
-    model: onnx.ModelProto, plan: QuantPlan, narrowed: dict[str, str]
+    model: onnx.ModelProto, plan: QuantPlan, tied: Mapping[str, Sequence[str]]
 ) -> list[tuple[Suspect, QuantPlan]]:
     """Every quantized activation and weight, each with the plan that leaves it float."""
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = {out: node.name for node in model.graph.node for out in node.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in dict.fromkeys(node.input):
             readers.setdefault(name, []).append(node)
+    op_types = {node.name: node.op_type for node in model.graph.node}
     quantized = plan.quantized_nodes
+
+    def to_exclude(nodes: Iterable[str]) -> tuple[str, ...]:
+        names = [m for n in nodes for m in (n, *tied.get(n, ()))]
+        return tuple(n for n in dict.fromkeys(names) if n in quantized)
+
     empty = Score(math.nan, None)
     found: list[tuple[Suspect, QuantPlan]] = []
     for tensor in plan.activations:
         if tensor in plan.constant_activations:
             continue
         source = producer.get(tensor)
-        sources = [producer[s] for s, t in narrowed.items() if t == tensor and s in producer]
-        touching = [*([source] if source else []), *sources, *readers.get(tensor, [])]
-        nodes = _with_narrowing(touching, narrowed, producer, quantized)
+        touching = [*([source] if source else []), *(r.name for r in readers.get(tensor, []))]
         variant = dataclasses.replace(
             plan,
             activations={k: v for k, v in plan.activations.items() if k != tensor},
@@ -317,38 +349,20 @@ def _suspects(
                 if not any(r.name == n and r.input[i] == tensor for r in readers.get(tensor, []))
             },
         )
-        op_type = source.op_type if source is not None else "input"
-        found.append((Suspect("activation", tensor, op_type, nodes, empty), variant))
+        op_type = op_types[source] if source is not None else "input"
+        suspect = Suspect("activation", tensor, op_type, to_exclude(touching), empty)
+        found.append((suspect, variant))
     for key, weight in plan.constants.items():
         if weight.params.dtype == "int32":
             continue  # a bias: its rounding is far below its layer's other errors
-        users = tuple(dict.fromkeys(n for n, _ in weight.users))
-        by_name = {node.name: node for node in model.graph.node}
-        nodes = _with_narrowing(
-            [by_name[n] for n in users if n in by_name], narrowed, producer, quantized
-        )
+        users = list(dict.fromkeys(n for n, _ in weight.users))
         variant = dataclasses.replace(
             plan, constants={k: v for k, v in plan.constants.items() if k != key}
         )
         op_type = quantized[users[0]][0] if users and users[0] in quantized else "?"
-        found.append((Suspect("weights", weight.source, op_type, nodes, empty), variant))
+        suspect = Suspect("weights", weight.source, op_type, to_exclude(users), empty)
+        found.append((suspect, variant))
     return found
-
-
-def _with_narrowing(
-    nodes: list[onnx.NodeProto],
-    narrowed: dict[str, str],
-    producer: dict[str, onnx.NodeProto],
-    quantized: dict[str, tuple[str, str]],
-) -> tuple[str, ...]:
-    """The quantized ones of ``nodes``, each followed by the ReLU/Clip that narrows its
-    output: a Conv excluded without its ReLU would have its output quantized over the
-    whole pre-activation range on the way into the ReLU."""
-    names: list[str] = []
-    for node in nodes:
-        names.append(node.name)
-        names.extend(producer[narrowed[out]].name for out in node.output if out in narrowed)
-    return tuple(n for n in dict.fromkeys(names) if n in quantized)
 
 
 # -- running and scoring ----------------------------------------------------------------

@@ -148,7 +148,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
             correction = correct_biases(model, plan, reader, quiet=config.quiet, workdir=workdir)
         diagnosis = None
         if config.diagnose_samples:
-            from drpaiq_core.diagnose import diagnose
+            from drpaiq_core.diagnose import diagnose, tied_nodes
 
             def replan(nodes: tuple[str, ...]) -> QuantPlan:
                 """The plan with ``nodes`` excluded as well, as ``-exn`` gives it; the
@@ -172,7 +172,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
             diagnosis = diagnose(
                 model,
                 plan,
-                selection.narrowed,
+                tied_nodes(selection, graph),
                 reader,
                 config.diagnose_samples,
                 replan=replan,
