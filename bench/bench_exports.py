@@ -21,7 +21,7 @@ Runtime or its INT8 model more than 1.1x slower.
     python bench/bench_exports.py --diagnose     # + what --diagnose's suggested -exn gains
 
 With ``--diagnose`` two columns follow: how many nodes drpaiq's ``--diagnose`` (run on
-the first 32 calibration images) suggests to exclude, and what quantizing again with
+32 of the calibration images) suggests to exclude, and what quantizing again with
 that ``-exn`` list gains over drpaiq's plain model on the test images, which the
 diagnosis never sees.
 
@@ -239,7 +239,7 @@ def quantize_drpaiq(
 def diagnosed(
     fp32: Path, folder: Path, spec: ExportModel, method: str, options: Mapping[str, str] | None
 ) -> tuple[tuple[str, ...], Path]:
-    """drpaiq's diagnosis of one model (on the first DIAGNOSE_SAMPLES calibration
+    """drpaiq's diagnosis of one model (on DIAGNOSE_SAMPLES of the calibration
     images), and the model quantized again with its suggested exclusions (the plain
     model when it suggests none)."""
     base = folder / f"{spec.name}_{method}_diagnosed.onnx"

@@ -503,7 +503,7 @@ def _activation_type(ctx: click.Context, param: click.Parameter, value: str | No
     "diagnose",
     is_flag=True,
     help="Then find where the error comes from: each quantized tensor and weight in float "
-    "in turn, on the first calibration samples.",
+    "in turn, on calibration samples spread over the data.",
 )
 @click.option(
     "--diagnose-samples",

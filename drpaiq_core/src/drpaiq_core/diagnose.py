@@ -1,8 +1,8 @@
 """Where the quantization error comes from: each quantized tensor left in float in turn.
 
-Run after the plan (``drpaiq quantize --diagnose``). On a few calibration samples it
-runs the FP32 model, the whole INT8 model, and one INT8 variant per *suspect*, in which
-that suspect alone stays float:
+Run after the plan (``drpaiq quantize --diagnose``). On a few calibration samples
+(:func:`diagnosis_batches`) it runs the FP32 model, the whole INT8 model, and one INT8
+variant per *suspect*, in which that suspect alone stays float:
 
 * an activation tensor: its QuantizeLinear/DequantizeLinear pair (and any
   requantization of it on the way into a node) is left out;
@@ -119,7 +119,7 @@ class Step:
 class Diagnosis:
     """What :func:`diagnose` measured.
 
-    :ivar samples: diagnosis samples (the first ones of the calibration data).
+    :ivar samples: diagnosis samples (spread over the calibration data).
     :ivar quantized: the score of the whole INT8 model.
     :ivar suspects: every suspect, the largest gain first.
     :ivar steps: how the suggestion was built, step by step.
@@ -225,7 +225,7 @@ def diagnose(
     :param plan: the plan of the run (not modified).
     :param tied: node -> the nodes quantized as one with it (:func:`tied_nodes`), which
         are excluded with it.
-    :param reader: the calibration data; its first ``samples`` samples are used.
+    :param reader: the calibration data (see :func:`diagnosis_batches`).
     :param samples: how many samples to run (whole batches: one batch more may count).
     :param replan: the plan with more nodes excluded (the run's exclusions plus these);
         without it no suggestion is measured.
@@ -235,7 +235,7 @@ def diagnose(
     from drpaiq_core.calibrate import batch_samples
     from drpaiq_core.emit import emit
 
-    batches = _first_samples(reader, samples)
+    batches = diagnosis_batches(reader, samples)
     outputs = [o.name for o in model.graph.output]
     reference = _outputs(model, outputs, batches, workdir)
     signal = [
@@ -368,17 +368,27 @@ def _suspects(
 # -- running and scoring ----------------------------------------------------------------
 
 
-def _first_samples(reader: Reader, samples: int) -> list[Batch]:
-    """The reader's first batches, up to ``samples`` samples."""
+def diagnosis_batches(reader: Reader, samples: int) -> list[Batch]:
+    """About ``samples`` samples of the reader, in whole batches spread evenly over its
+    data (a folder sorted by class does not give the first class only); the first
+    ``samples`` when the reader cannot tell its length."""
     from drpaiq_core.calibrate import batch_samples, batches_of
 
+    try:
+        total = len(reader)
+    except TypeError:
+        total = 0
     kept: list[Batch] = []
-    count = 0
+    seen = taken = 0
     for batch in batches_of(reader):
-        kept.append(batch)
-        count += batch_samples(batch.feeds)
-        if count >= samples:
-            break
+        size = batch_samples(batch.feeds)
+        # The next pick is at an even share of the data: taken * total / samples.
+        if total <= samples or seen * samples >= taken * total:
+            kept.append(batch)
+            taken += size
+            if taken >= samples:
+                break
+        seen += size
     return kept
 
 
