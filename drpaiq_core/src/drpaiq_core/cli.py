@@ -173,11 +173,12 @@ def build_cli(host: PluginHost | None = None) -> click.Group:
         for row in [headers, *table]:
             click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
 
-    from drpaiq_core.cli_evaluate import evaluate_command
+    from drpaiq_core.cli_evaluate import compare_command, evaluate_command
     from drpaiq_core.cli_quantize import quantize_command
 
     cli.add_command(quantize_command)
     cli.add_command(evaluate_command)
+    cli.add_command(compare_command)
 
     _add_plugin_commands(cli, host)
     return cli

@@ -10,10 +10,10 @@ variant per *suspect*, in which that suspect alone stays float:
 
 Each variant is scored by how close its outputs are to FP32's: the SQNR of the outputs
 in dB (signal power over the power of the difference, averaged over the model's
-outputs) and, when the first output holds class scores ``[N, classes]``, the mean KL
-divergence of its class probabilities. A suspect's *gain* is how many dB the outputs
-gain when it alone is float: the suspects with the largest gain are where the error
-comes from.
+outputs: :func:`drpaiq_core.compare.sqnr_db`) and, when the first output holds class
+scores ``[N, classes]``, the mean KL divergence of its class probabilities. A
+suspect's *gain* is how many dB the outputs gain when it alone is float: the suspects
+with the largest gain are where the error comes from.
 
 A gain says where the error arises, not what leaving nodes in float will buy: the
 nodes to exclude for a tensor are the node that produces it and those that read it
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from drpaiq_core.compare import format_db, sqnr_db
 from drpaiq_core.evaluate import is_probabilities, kl_per_image, log_probabilities
 from drpaiq_core.graph import ModelGraph
 from drpaiq_core.plan import QuantPlan
@@ -156,7 +157,7 @@ class Diagnosis:
         kl = self.quantized.kl is not None
         lines = [
             f"diagnosis on {self.samples} calibration samples: INT8 outputs "
-            f"{_db(self.quantized.sqnr_db)} from FP32"
+            f"{format_db(self.quantized.sqnr_db)} from FP32"
             + (f", KL {self.quantized.kl:.2e}" if kl else ""),
         ]
         if not self.suspects:
@@ -170,7 +171,7 @@ class Diagnosis:
             row = [
                 label,
                 suspect.op_type,
-                _db(suspect.score.sqnr_db),
+                format_db(suspect.score.sqnr_db),
                 f"{self.gain(suspect.score):+.2f}",
                 *(
                     [f"{suspect.score.kl:.2e}" if suspect.score.kl is not None else "-"]
@@ -190,7 +191,7 @@ class Diagnosis:
             )
             for step in self.steps:
                 lines.append(
-                    f"  + {','.join(step.added)}: {_db(step.score.sqnr_db)} "
+                    f"  + {','.join(step.added)}: {format_db(step.score.sqnr_db)} "
                     f"({self.gain(step.score):+.2f} dB){'' if step.kept else ', dropped'}"
                 )
         if self.suggested and self.suggested_score is not None:
@@ -431,14 +432,7 @@ def _score(
             )
             divergence += float(np.sum(per_image))
             images += per_image.shape[0]
-    ratios = [n / s if s > 0 else (0.0 if n == 0 else math.inf) for n, s in zip(noise, signal)]
-    ratio = sum(ratios) / len(ratios) if ratios else 0.0
-    sqnr = math.inf if ratio == 0 else -10.0 * math.log10(ratio)
-    return Score(sqnr, divergence / images if images else None)
-
-
-def _db(value: float) -> str:
-    return "exact" if math.isinf(value) and value > 0 else f"{value:.2f} dB"
+    return Score(sqnr_db(noise, signal), divergence / images if images else None)
 
 
 def _finite(value: float) -> float | None:

@@ -240,7 +240,8 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def _signature(inputs: Sequence[InputSpec]) -> tuple[Any, ...]:
+def input_signature(inputs: Sequence[InputSpec]) -> tuple[Any, ...]:
+    """What decides whether two models can share decoded images."""
     # Models whose inputs agree in everything but their names and batch sizes share
     # decoded images; each model runs them in batches of its own size.
     return tuple((tuple(spec.shape[1:]), spec.dtype.str) for spec in inputs)
@@ -252,7 +253,7 @@ def fixed_batch(inputs: Sequence[InputSpec]) -> int | None:
     return int(shape[0]) if shape and shape[0] is not None else None
 
 
-def _any_batch(inputs: Sequence[InputSpec]) -> list[InputSpec]:
+def any_batch(inputs: Sequence[InputSpec]) -> list[InputSpec]:
     """``inputs`` with a dynamic batch axis: the reader then yields every image, the
     last batch short, where for a fixed batch size it would leave the rest out."""
     return [
@@ -289,7 +290,8 @@ def _once(warn: Callable[[str], None]) -> Callable[[str], None]:
     return warn_once
 
 
-def _session(path: Path) -> Any:
+def open_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session of the model file; its failure as one line."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -333,7 +335,7 @@ def evaluate(
         loaded.append((Path(path), model_inputs(model)))
     groups: dict[tuple[Any, ...], list[int]] = {}
     for index, (_, inputs) in enumerate(loaded):
-        groups.setdefault(_signature(inputs), []).append(index)
+        groups.setdefault(input_signature(inputs), []).append(index)
 
     result = Evaluation(dataset=dataset, reader=reader)
     result.scores = [ModelScore(path) for path, _ in loaded]
@@ -341,7 +343,7 @@ def evaluate(
     for members in groups.values():
         first_path, first_inputs = loaded[members[0]]
         batches = {i: fixed_batch(loaded[i][1]) for i in members}
-        inputs = _any_batch(first_inputs)
+        inputs = any_batch(first_inputs)
         context = ReaderContext(
             dataset=dataset,
             model_path=first_path,
@@ -356,7 +358,7 @@ def evaluate(
         )
         data = ValidatingReader(make_reader(host, reader, context), inputs)
         result.classes = list(getattr(data, "class_names", []) or [])
-        sessions = [_session(loaded[i][0]) for i in members]
+        sessions = [open_session(loaded[i][0]) for i in members]
         label = f"evaluating {len(members)} models" if len(members) > 1 else "evaluating"
         with Counter(total=len(data), desc=label, unit="img", quiet=quiet) as bar:
             for batch in data.batches():
@@ -388,21 +390,41 @@ def evaluate(
 def _class_scores(
     score: ModelScore, session: Any, feeds: dict[str, np.ndarray], fixed: int | None
 ) -> np.ndarray:
-    """The model's first output for the images in ``feeds``, as ``[images, scores]``.
+    """The model's first output for the images in ``feeds``, as ``[images, scores]``."""
+    output = session.get_outputs()[0].name
+    count = next(iter(feeds.values())).shape[0]
+    (logits,) = run_batched(score.model, session, feeds, fixed, [output])
+    if logits.ndim < 2 or logits.shape[0] != count:
+        raise UserError(
+            f"model {score.model}: output {output!r} has shape {list(logits.shape)}; evaluate "
+            "needs class scores of shape [N, classes]"
+        )
+    return logits.reshape(count, -1)
+
+
+def run_batched(
+    model: Path, session: Any, feeds: dict[str, np.ndarray], fixed: int | None, names: list[str]
+) -> list[np.ndarray]:
+    """The outputs ``names`` of ``session`` for the images in ``feeds``.
 
     A model with a fixed batch size runs in batches of that size; a short last batch
-    is filled up with copies of its last image, and their outputs are dropped.
+    is filled up with copies of its last image, and their outputs are dropped (rows of
+    an output whose first axis is that size). The runs' outputs are joined along their
+    first axis; a scalar output is the last run's.
     """
     count = next(iter(feeds.values())).shape[0]
     step = fixed or count
-    parts = []
+    parts: list[list[np.ndarray]] = []
     for start in range(0, count, step):
         chunk = {name: value[start : start + step] for name, value in feeds.items()}
         real = min(step, count - start)
         if real < step:
             chunk = {name: _fill_up(value, step) for name, value in chunk.items()}
-        parts.append(_run(score, session, chunk, step)[:real])
-    return np.concatenate(parts).reshape(count, -1)
+        outputs = _run(model, session, chunk, names)
+        parts.append([o[:real] if o.ndim and o.shape[0] == step else o for o in outputs])
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate(values) if values[0].ndim else values[-1] for values in zip(*parts)]
 
 
 def _fill_up(value: np.ndarray, size: int) -> np.ndarray:
@@ -410,23 +432,18 @@ def _fill_up(value: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([value, np.repeat(value[-1:], size - value.shape[0], axis=0)])
 
 
-def _run(score: ModelScore, session: Any, feeds: dict[str, np.ndarray], count: int) -> np.ndarray:
-    """The first output for ``count`` images, checked to be one row of scores each."""
-    output = session.get_outputs()[0].name
+def _run(
+    model: Path, session: Any, feeds: dict[str, np.ndarray], names: list[str]
+) -> list[np.ndarray]:
+    """``names`` for ``feeds``; ONNX Runtime's failure as one line naming the model."""
     try:
-        logits = np.asarray(session.run([output], feeds)[0])
+        return [np.asarray(value) for value in session.run(names, feeds)]
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"model {score.model}: ONNX Runtime failed on the evaluation images: {first}; check "
+            f"model {model}: ONNX Runtime failed on the evaluation images: {first}; check "
             "the layout (--nchw/--nhwc) and --input-shape"
         ) from None
-    if logits.ndim < 2 or logits.shape[0] != count:
-        raise UserError(
-            f"model {score.model}: output {output!r} has shape {list(logits.shape)}; evaluate "
-            "needs class scores of shape [N, classes]"
-        )
-    return logits
 
 
 def _tally(score: ModelScore, logits: np.ndarray, labels: np.ndarray, classes: int) -> None:
