@@ -286,3 +286,15 @@ def test_the_samples_are_spread_over_the_data(tmp_path: Path) -> None:
     pairs = [{"x": np.full((2, 2), float(i), np.float32)} for i in range(5)]
     picked = [float(b.feeds["x"][0, 0]) for b in diagnosis_batches(ArrayReader(pairs), 4)]
     assert picked == [0.0, 3.0]
+
+
+def test_the_report_is_the_same_from_run_to_run(tmp_path: Path) -> None:
+    model = _residual_model()
+    feeds = random_feeds(INPUTS, batches=3, batch=2, seed=5)
+    reports = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        _, _, summary = run_quantize(tmp_path / run, model, feeds, diagnose_samples=4)
+        reports.append(summary.diagnosis.to_dict())
+    assert reports[0] == reports[1]
+    assert reports[0]["suspects"]
