@@ -11,6 +11,7 @@ import pytest
 from drpaiq_core.config import QuantizeConfig
 from drpaiq_core.datasource import (
     GetNextReader,
+    SpreadReader,
     ValidatingReader,
     adapt_reader_object,
     check_feeds,
@@ -22,6 +23,7 @@ from drpaiq_core.errors import UserError
 from drpaiq_core.plugin_api import Batch, InputSpec, Reader, ReaderContext
 from drpaiq_core.plugins import get_plugin_host
 
+from tests._engine import ArrayReader
 from tests._models import (
     classifier,
     images,
@@ -339,3 +341,18 @@ def test_reference_reader_object_end_to_end(tmp_path, model):
     np.testing.assert_array_equal(again, expected)
     assert len(via_object) == 4
     assert isinstance(next(via_object.batches()), Batch)
+
+
+def test_a_spread_reader_picks_batches_over_the_whole_data(tmp_path: Path) -> None:
+    """A folder sorted by class must not give the diagnosis its first class only."""
+    feeds = [{"x": np.full((1, 2), float(i), np.float32)} for i in range(10)]
+
+    def picked(reader: SpreadReader) -> list[float]:
+        return [float(b.feeds["x"][0, 0]) for b in reader.batches()]
+
+    four = SpreadReader(ArrayReader(feeds), 4)
+    assert picked(four) == [0.0, 3.0, 5.0, 8.0] and len(four) == 4
+    assert picked(four) == [0.0, 3.0, 5.0, 8.0]  # the same on the next pass
+    assert picked(SpreadReader(ArrayReader(feeds), 20)) == [float(i) for i in range(10)]
+    pairs = [{"x": np.full((2, 2), float(i), np.float32)} for i in range(5)]
+    assert picked(SpreadReader(ArrayReader(pairs), 4)) == [0.0, 3.0]

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from drpaiq_core.cli import build_cli
 from drpaiq_core.config import QuantizeConfig
-from drpaiq_core.diagnose import diagnosis_batches
+from drpaiq_core.datasource import SpreadReader
 from drpaiq_core.errors import UserError
 from drpaiq_core.pipeline import quantize
 from drpaiq_core.plugins import get_plugin_host
@@ -191,7 +191,7 @@ def test_the_suggestion_is_what_node_exclusion_gives(mod_b, tmp_path: Path) -> N
     )
     quantize(excluded)
     reader = open_reader(excluded, get_plugin_host(), onnx.load(str(model)), model)
-    feeds = [batch.feeds for batch in diagnosis_batches(reader, diagnosis.samples)]
+    feeds = [batch.feeds for batch in SpreadReader(reader, diagnosis.samples).batches()]
     measured = _sqnr(_outputs(model, feeds), _outputs(excluded.output_model, feeds))
     assert diagnosis.suggested_score.sqnr_db == pytest.approx(measured, abs=0.01)
 
@@ -272,20 +272,6 @@ def test_nodes_quantized_as_one_leave_int8_together(tmp_path: Path) -> None:
     assert suspects[("weights", "w1")].nodes == ("mm1", "bias1", "relu1")
     assert suspects[("activation", "r1")].nodes == ("relu1", "bias1", "mm1", "mm2")
     assert suspects[("weights", "w2")].nodes == ("mm2",)
-
-
-def test_the_samples_are_spread_over_the_data(tmp_path: Path) -> None:
-    """A folder sorted by class must not give the diagnosis its first class only."""
-    from tests._engine import ArrayReader
-
-    feeds = [{"x": np.full((1, 2), float(i), np.float32)} for i in range(10)]
-    picked = [float(b.feeds["x"][0, 0]) for b in diagnosis_batches(ArrayReader(feeds), 4)]
-    assert picked == [0.0, 3.0, 5.0, 8.0]
-    everything = [float(b.feeds["x"][0, 0]) for b in diagnosis_batches(ArrayReader(feeds), 20)]
-    assert everything == [float(i) for i in range(10)]
-    pairs = [{"x": np.full((2, 2), float(i), np.float32)} for i in range(5)]
-    picked = [float(b.feeds["x"][0, 0]) for b in diagnosis_batches(ArrayReader(pairs), 4)]
-    assert picked == [0.0, 3.0]
 
 
 def test_the_report_is_the_same_from_run_to_run(tmp_path: Path) -> None:

@@ -263,6 +263,43 @@ class ValidatingReader(Reader):
             raise UserError(f"{self.describe} yielded no data; check the data folder or file")
 
 
+class SpreadReader(Reader):
+    """About ``samples`` of a reader's samples, in whole batches spread evenly over its
+    data, so that a folder sorted by class does not give its first class only. The same
+    batches on every pass; all of them when the reader holds no more than ``samples``
+    or cannot tell how many it holds. The inner reader is still read whole on each pass
+    (its batches come one after the other); only the picked ones are handed on."""
+
+    PLUGIN_NAME = "spread"
+
+    def __init__(self, inner: Reader, samples: int) -> None:
+        super().__init__(inner.context)
+        self.inner = inner
+        self.samples = samples
+        try:
+            self.total = len(inner)
+        except TypeError:
+            self.total = 0
+
+    def __len__(self) -> int:
+        return min(self.samples, self.total) if self.total else self.samples
+
+    def batches(self) -> Iterator[Batch]:
+        """The picked batches: one wherever the samples seen reach the next even share
+        of the data (``taken * total / samples``)."""
+        from drpaiq_core.calibrate import batch_samples, batches_of
+
+        seen = taken = 0
+        for batch in batches_of(self.inner):
+            size = batch_samples(batch.feeds)
+            if self.total <= self.samples or seen * self.samples >= taken * self.total:
+                yield batch
+                taken += size
+                if taken >= self.samples:
+                    return
+            seen += size
+
+
 # ---------------------------------------------------------------------------
 # Objects with get_next(): ONNX Runtime's CalibrationDataReader protocol
 # ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Where the quantization error comes from: each quantized tensor left in float in turn.
 
 Run after the plan (``drpaiq quantize --diagnose``). On a few calibration samples
-(:func:`diagnosis_batches`) it runs the FP32 model, the whole INT8 model, and one INT8
+(spread over the calibration data) it runs the FP32 model, the whole INT8 model, and one INT8
 variant per *suspect*, in which that suspect alone stays float:
 
 * an activation tensor: its QuantizeLinear/DequantizeLinear pair (and any
@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 
 from drpaiq_core.compare import format_db, sqnr_db
+from drpaiq_core.datasource import SpreadReader
 from drpaiq_core.evaluate import is_probabilities, kl_per_image, log_probabilities
 from drpaiq_core.graph import ModelGraph
 from drpaiq_core.plan import QuantPlan
@@ -226,7 +227,8 @@ def diagnose(
     :param plan: the plan of the run (not modified).
     :param tied: node -> the nodes quantized as one with it (:func:`tied_nodes`), which
         are excluded with it.
-    :param reader: the calibration data (see :func:`diagnosis_batches`).
+    :param reader: the calibration data; ``samples`` of its samples are used, spread
+        over it (:class:`~drpaiq_core.datasource.SpreadReader`).
     :param samples: how many samples to run (whole batches: one batch more may count).
     :param replan: the plan with more nodes excluded (the run's exclusions plus these);
         without it no suggestion is measured.
@@ -236,7 +238,7 @@ def diagnose(
     from drpaiq_core.calibrate import batch_samples
     from drpaiq_core.emit import emit
 
-    batches = diagnosis_batches(reader, samples)
+    batches = list(SpreadReader(reader, samples).batches())
     outputs = [o.name for o in model.graph.output]
     reference = _outputs(model, outputs, batches, workdir)
     signal = [
@@ -367,30 +369,6 @@ def _suspects(
 
 
 # -- running and scoring ----------------------------------------------------------------
-
-
-def diagnosis_batches(reader: Reader, samples: int) -> list[Batch]:
-    """About ``samples`` samples of the reader, in whole batches spread evenly over its
-    data (a folder sorted by class does not give the first class only); the first
-    ``samples`` when the reader cannot tell its length."""
-    from drpaiq_core.calibrate import batch_samples, batches_of
-
-    try:
-        total = len(reader)
-    except TypeError:
-        total = 0
-    kept: list[Batch] = []
-    seen = taken = 0
-    for batch in batches_of(reader):
-        size = batch_samples(batch.feeds)
-        # The next pick is at an even share of the data: taken * total / samples.
-        if total <= samples or seen * samples >= taken * total:
-            kept.append(batch)
-            taken += size
-            if taken >= samples:
-                break
-        seen += size
-    return kept
 
 
 def _outputs(
