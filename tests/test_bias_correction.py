@@ -8,6 +8,7 @@ mean is off by a constant per channel. Bias correction must remove that.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -350,3 +351,71 @@ def test_a_model_with_subgraphs_is_left_whole():
     _keep_upstream(model, ["y"])
     assert [n.name for n in model.graph.node] == names
     assert [o.name for o in model.graph.output] == ["y"]
+
+
+def test_the_means_come_from_the_spread_samples_only(tmp_path):
+    """bias_correction_samples 4 of 16 one-sample batches: the same corrections as a
+    run whose calibration data is those 4 samples, read in full."""
+    from drpaiq_core.bias_correction import correct_biases
+    from drpaiq_core.datasource import SpreadReader
+
+    from tests._engine import ArrayReader
+
+    model = conv_model()
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.uniform(0.0, 2.0, (1, 4, 6, 6)).astype(np.float32)} for _ in range(16)]
+    _, _, summary = run_quantize(tmp_path, model, feeds, name="planned")
+    picked = [batch.feeds for batch in SpreadReader(ArrayReader(feeds), 4).batches()]
+    assert len(picked) == 4
+
+    def corrected(reader, samples):
+        plan = dataclasses.replace(
+            summary.plan,
+            constants={
+                k: dataclasses.replace(w, values=w.values.copy())
+                for k, w in summary.plan.constants.items()
+            },
+        )
+        correct_biases(model, plan, reader, samples=samples, quiet=True)
+        return {k: w.values for k, w in plan.constants.items() if w.params.dtype == "int32"}
+
+    capped = corrected(ArrayReader(feeds), 4)
+    subset = corrected(ArrayReader(picked), 0)
+    everything = corrected(ArrayReader(feeds), 0)
+    assert capped.keys() == subset.keys() and capped
+    for key in capped:
+        np.testing.assert_array_equal(capped[key], subset[key])
+    # The cap made a difference: these biases are not those of all 16 samples.
+    assert any(not np.array_equal(capped[k], everything[k]) for k in capped)
+
+
+def test_the_spread_samples_are_read_once_when_they_fit(tmp_path):
+    """Later passes hand on the kept batches; over the budget, the reader is read again."""
+    from drpaiq_core.datasource import SpreadReader
+
+    from tests._engine import ArrayReader
+
+    class Counting(ArrayReader):
+        passes = 0
+
+        def batches(self):
+            type(self).passes += 1
+            yield from super().batches()
+
+    feeds = [{"x": np.full((1, 3), float(i), np.float32)} for i in range(10)]
+    kept = SpreadReader(Counting(feeds), 4, keep_bytes=1024)
+    first = [b.feeds["x"][0, 0] for b in kept.batches()]
+    again = [b.feeds["x"][0, 0] for b in kept.batches()]
+    assert first == again == [0.0, 3.0, 5.0, 8.0]
+    assert Counting.passes == 1
+    Counting.passes = 0
+    over = SpreadReader(Counting(feeds), 4, keep_bytes=20)  # 12 bytes a batch: two fit
+    assert [b.feeds["x"][0, 0] for b in over.batches()] == first
+    assert [b.feeds["x"][0, 0] for b in over.batches()] == first
+    assert Counting.passes == 2
+
+
+def test_a_bad_sample_count_is_a_user_error(tmp_path):
+    for value in ("-1", "many", "2.5"):
+        with pytest.raises(UserError, match="bias_correction_samples"):
+            parse_advanced([("bias_correction_samples", value)])

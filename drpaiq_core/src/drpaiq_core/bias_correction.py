@@ -23,14 +23,16 @@ points with MinMax). So sites are corrected by *level* (1 + the largest level of
 biased site upstream): each level is measured on the model emitted with all the
 corrections of the levels above, so an error is corrected once, where it first shows.
 
-Cost: one pass of the FP32 model over the calibration data, then one pass of the
-quantized model per level (about 10 passes on the shipped samples). A level's pass runs
+Cost: one pass of the FP32 model, then one pass of the quantized model per level
+(about 10 passes on the shipped samples), over :data:`DEFAULT_SAMPLES` calibration
+samples spread over the data (``bias_correction_samples``; kept in memory between
+passes when they fit :data:`_KEEP_BYTES`). A level's pass runs
 only the nodes that level's outputs depend on (ONNX Runtime runs every node of a
 session, whatever is fetched): on the YOLO-like export with 200 images the whole run
 took 4.7 s instead of 6.4 s. Each pass is an ONNX Runtime inference run through
 :class:`~drpaiq_core.calibrate.ActivationRunner` (the same batching, prefetch and error
 messages as calibration); memory does not grow with the number of images (per-channel
-sums only). Readers are iterated once per pass:
+sums only). Readers are iterated once per pass, unless the picked samples are kept:
 image readers re-read their files, ``get_next()`` readers replay their recording.
 """
 
@@ -63,6 +65,17 @@ _CHANNEL_AXIS: dict[str, int] = {
 }
 
 _INT32 = np.iinfo(np.int32)
+
+#: Samples the means are measured on by default (``bias_correction_samples``), spread
+#: over the calibration data. A mean over 128 images is precise to a few percent of
+#: its channel's spread per image, and every pass costs as many images, once per level:
+#: with 1,000 calibration images and a YOLO's 60 levels, all of them would be 60,000
+#: image runs.
+DEFAULT_SAMPLES = 128
+#: The measured samples are kept in memory between passes up to this size (128 images
+#: of 3 x 416 x 416 in float32), so that a pass decodes nothing; larger ones are read
+#: again on each pass.
+_KEEP_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -178,6 +191,7 @@ def correct_biases(
     plan: QuantPlan,
     reader: Reader,
     *,
+    samples: int = DEFAULT_SAMPLES,
     quiet: bool = False,
     workdir: Path | None = None,
 ) -> BiasCorrectionReport:
@@ -197,18 +211,22 @@ def correct_biases(
     :param model: the prepared FP32 model the plan was built for (not modified).
     :param plan: the plan; the values of its int32 constants are changed in place.
     :param reader: the calibration data; iterated once per pass.
+    :param samples: measure on this many of its samples, spread over it (0: all).
     :param quiet: no progress bars.
     :param workdir: where a model of 2 GB or more is staged for ONNX Runtime.
     :returns: what was corrected, for the summary.
     :raises UserError: when ONNX Runtime fails on the data, or the reader yields a
         different number of samples on a later pass.
     """
+    from drpaiq_core.datasource import SpreadReader
     from drpaiq_core.emit import emit
 
     report = BiasCorrectionReport()
     sites = _sites(model, plan, report)
     if not sites:
         return report
+    if samples:
+        reader = SpreadReader(reader, samples, keep_bytes=_KEEP_BYTES)
     reference, bad, samples = _means(
         model,
         {s.output: s.axis for s in sites},

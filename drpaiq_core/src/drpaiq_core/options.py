@@ -124,6 +124,13 @@ ADVANCED_OPTIONS: tuple[AdvancedOption, ...] = (
         "move each int32 bias so the INT8 layer keeps the FP32 per-channel output mean on "
         "the calibration data (default False; about one extra pass per layer depth)",
     ),
+    AdvancedOption(
+        "bias_correction_samples",
+        "int",
+        "calibration samples bias correction measures the means on, spread over the data "
+        "(default 128; 0: all of them)",
+        minimum=0,
+    ),
 )
 
 

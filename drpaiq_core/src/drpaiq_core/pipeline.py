@@ -74,7 +74,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
 
     :raises UserError: for any problem with what the user gave; nothing is written then.
     """
-    from drpaiq_core.bias_correction import correct_biases
+    from drpaiq_core.bias_correction import DEFAULT_SAMPLES, correct_biases
     from drpaiq_core.calibrate import calibrate
     from drpaiq_core.datasource import open_reader
     from drpaiq_core.emit import emit
@@ -105,6 +105,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         )
     # Read now: a bad value fails before any work rather than after calibration.
     bias_correction = option_bool(config.options, "bias_correction", False)
+    correction_samples = int(config.options.get("bias_correction_samples", DEFAULT_SAMPLES))
     rules = exclusion_rules(config)
     calibrator_cls = host.calibrators.get(config.calibrate_method)
     calibrator_options: dict[str, object] = dict(config.options)
@@ -145,7 +146,14 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         plan = build_plan(selection, graph, result.ranges, options)
         correction = None
         if bias_correction:
-            correction = correct_biases(model, plan, reader, quiet=config.quiet, workdir=workdir)
+            correction = correct_biases(
+                model,
+                plan,
+                reader,
+                samples=correction_samples,
+                quiet=config.quiet,
+                workdir=workdir,
+            )
         diagnosis = None
         if config.diagnose_samples:
             from drpaiq_core.diagnose import diagnose, tied_nodes
@@ -166,7 +174,14 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 with _reported_already():
                     replanned = build_plan(chosen, graph, result.ranges, options)
                 if bias_correction:
-                    correct_biases(model, replanned, reader, quiet=config.quiet, workdir=workdir)
+                    correct_biases(
+                        model,
+                        replanned,
+                        reader,
+                        samples=correction_samples,
+                        quiet=config.quiet,
+                        workdir=workdir,
+                    )
                 return replanned
 
             diagnosis = diagnose(
