@@ -26,6 +26,7 @@ from drpaiq_core.summary import Summary
 if TYPE_CHECKING:
     import onnx
 
+    from drpaiq_core.bias_correction import BiasCorrectionReport
     from drpaiq_core.plan import QuantPlan
 
 log = logging.getLogger("drpaiq")
@@ -144,16 +145,18 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         )
         graph = ModelGraph(model, observed_shapes=result.shapes)
         plan = build_plan(selection, graph, result.ranges, options)
-        correction = None
-        if bias_correction:
-            correction = correct_biases(
+
+        def correct(target: QuantPlan) -> BiasCorrectionReport:
+            return correct_biases(
                 model,
-                plan,
+                target,
                 reader,
                 samples=correction_samples,
                 quiet=config.quiet,
                 workdir=workdir,
             )
+
+        correction = correct(plan) if bias_correction else None
         diagnosis = None
         if config.diagnose_samples:
             from drpaiq_core.diagnose import diagnose, tied_nodes
@@ -174,14 +177,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 with _reported_already():
                     replanned = build_plan(chosen, graph, result.ranges, options)
                 if bias_correction:
-                    correct_biases(
-                        model,
-                        replanned,
-                        reader,
-                        samples=correction_samples,
-                        quiet=config.quiet,
-                        workdir=workdir,
-                    )
+                    correct(replanned)
                 return replanned
 
             diagnosis = diagnose(
