@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -292,27 +292,37 @@ class SpreadReader(Reader):
         return min(self.samples, self.total) if self.total else self.samples
 
     def batches(self) -> Iterator[Batch]:
-        """The picked batches: one wherever the samples seen reach the next even share
-        of the data (``taken * total / samples``)."""
-        from drpaiq_core.calibrate import batch_samples, batches_of
+        """The picked batches (see :func:`spread_batches`)."""
+        from drpaiq_core.calibrate import batches_of
 
         if self._kept is not None:
             yield from self._kept
             return
         kept: list[Batch] | None = [] if self.keep_bytes > 0 else None
-        held = seen = taken = 0
-        for batch in batches_of(self.inner):
-            size = batch_samples(batch.feeds)
-            if self.total <= self.samples or seen * self.samples >= taken * self.total:
-                if kept is not None:
-                    held += sum(int(np.asarray(v).nbytes) for v in batch.feeds.values())
-                    kept = [*kept, batch] if held <= self.keep_bytes else None
-                yield batch
-                taken += size
-                if taken >= self.samples:
-                    break
-            seen += size
+        held = 0
+        for batch in spread_batches(batches_of(self.inner), self.total, self.samples):
+            if kept is not None:
+                held += sum(int(np.asarray(v).nbytes) for v in batch.feeds.values())
+                kept = [*kept, batch] if held <= self.keep_bytes else None
+            yield batch
         self._kept = kept
+
+
+def spread_batches(batches: Iterable[Batch], total: int, samples: int) -> Iterator[Batch]:
+    """About ``samples`` of the ``total`` samples in ``batches``, in whole batches: one
+    wherever the samples seen reach the next even share of the data (``taken * total /
+    samples``); all of them when ``total`` is at most ``samples`` or unknown (0)."""
+    from drpaiq_core.calibrate import batch_samples
+
+    seen = taken = 0
+    for batch in batches:
+        size = batch_samples(batch.feeds)
+        if total <= samples or seen * samples >= taken * total:
+            yield batch
+            taken += size
+            if taken >= samples:
+                return
+        seen += size
 
 
 # ---------------------------------------------------------------------------
