@@ -47,6 +47,11 @@ def sqnr_db(noise: Sequence[float], signal: Sequence[float]) -> float:
     return -math.inf if math.isinf(ratio) else -10.0 * math.log10(ratio)
 
 
+def json_db(value: float) -> float | None:
+    """An SQNR for JSON: rounded to 1e-4 dB; null when infinite (no noise) or NaN."""
+    return None if math.isinf(value) or math.isnan(value) else round(value, 4)
+
+
 def format_db(value: float) -> str:
     """An SQNR for a table: ``exact`` for no noise at all."""
     return "exact" if math.isinf(value) and value > 0 else f"{value:.2f} dB"
@@ -105,10 +110,6 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (an infinite SQNR, for identical outputs, is null)."""
-
-        def finite(value: float) -> float | None:
-            return None if math.isinf(value) or math.isnan(value) else round(value, 4)
-
         return {
             "dataset": str(self.dataset),
             "reader": self.reader,
@@ -117,9 +118,9 @@ class Comparison:
             "models": [
                 {
                     "model": str(m.model),
-                    "sqnr_db": finite(m.sqnr_db),
+                    "sqnr_db": json_db(m.sqnr_db),
                     "outputs": {
-                        o.name: {"sqnr_db": finite(o.sqnr_db), "max_abs_diff": o.max_abs}
+                        o.name: {"sqnr_db": json_db(o.sqnr_db), "max_abs_diff": o.max_abs}
                         for o in m.outputs
                     },
                 }

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from drpaiq_core.compare import format_db, sqnr_db
+from drpaiq_core.compare import format_db, json_db, sqnr_db
 from drpaiq_core.datasource import SpreadReader
 from drpaiq_core.evaluate import is_probabilities, kl_per_image, log_probabilities
 from drpaiq_core.graph import ModelGraph
@@ -67,7 +67,7 @@ class Score:
 
     def to_dict(self) -> dict[str, float | None]:
         """JSON-able form (an infinite SQNR is null)."""
-        return {"sqnr_db": _finite(self.sqnr_db), "kl": self.kl}
+        return {"sqnr_db": json_db(self.sqnr_db), "kl": self.kl}
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class Diagnosis:
             "samples": self.samples,
             "quantized": self.quantized.to_dict(),
             "suspects": [
-                {**s.to_dict(), "gain_db": _finite(self.gain(s.score))} for s in self.suspects
+                {**s.to_dict(), "gain_db": json_db(self.gain(s.score))} for s in self.suspects
             ],
             "steps": [step.to_dict() for step in self.steps],
             "suggested_exclusions": list(self.suggested),
@@ -411,7 +411,3 @@ def _score(
             divergence += float(np.sum(per_image))
             images += per_image.shape[0]
     return Score(sqnr_db(noise, signal), divergence / images if images else None)
-
-
-def _finite(value: float) -> float | None:
-    return None if math.isinf(value) or math.isnan(value) else round(value, 4)
