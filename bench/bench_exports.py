@@ -499,6 +499,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "".join(f"; drpaiq with {item.replace('=', ' ', 1)}" for item in args.option)
     )
     print(table(rows))
+    from ort_baseline import stand_in_note
+
+    note = stand_in_note(methods)
+    if note:
+        print(note)
     lines = findings(rows)
     print("\n".join(lines) if lines else f"drpaiq is within {WORSE_DB:g} dB of ORT on every row")
     return 1 if any(row.drpaiq.error or row.ort.error for row in rows) else 0

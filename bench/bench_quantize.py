@@ -275,6 +275,7 @@ def quantize_ort(sample: Sample, method: str, out: Path, workdir: Path) -> float
 
 def main() -> int:
     from drpaiq_core.evaluate import mcnemar_p
+    from ort_baseline import stand_in_note
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="MinMax,Entropy")
@@ -395,6 +396,9 @@ def main() -> int:
         )
     )
     print("\n".join(rows))
+    note = stand_in_note(args.methods.split(","))
+    if note:
+        print(note)
     print("targets (issue 3):")
     print("\n".join(verdicts))
     return 0

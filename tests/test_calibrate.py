@@ -135,7 +135,7 @@ def test_minmax_ranges_match_numpy_and_shapes_are_observed() -> None:
     assert result.nonfinite == {}
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile", "mse"])
 def test_batch_size_and_order_do_not_change_the_ranges(method: str) -> None:
     data = images(32)
     model = conv_relu_add_model()
@@ -149,7 +149,7 @@ def test_batch_size_and_order_do_not_change_the_ranges(method: str) -> None:
     assert_same_result(got, reference)
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile", "mse"])
 def test_chunks_from_several_readers_merge_to_one_pass(method: str) -> None:
     data = images(30)
     model = conv_relu_add_model()

@@ -114,7 +114,7 @@ def nonfinite_model(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile", "mse"])
 def test_nonfinite_activations_are_left_out_with_one_warning_per_tensor(work, method):
     nonfinite_model(work / "nf.onnx")
     # mean 0.5: about half of the pixels become negative (Log: NaN) or <= 0 (1/x: Inf).
@@ -401,7 +401,7 @@ def _without_paths(document: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in document.items() if k not in ("input_model", "output_model")}
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile", "mse"])
 def test_two_runs_write_the_same_bytes(work, method):
     documents = []
     for run in ("a", "b"):

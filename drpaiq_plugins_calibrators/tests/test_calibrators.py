@@ -15,13 +15,14 @@ from drpaiq_core.plugins import get_plugin_host
 from drpaiq_plugins_calibrators.divergence import kl_divergence_curve
 from drpaiq_plugins_calibrators.entropy import DEFAULT_MAX_CLIP, EntropyCalibrator, side_levels
 from drpaiq_plugins_calibrators.minmax import MinMaxCalibrator
+from drpaiq_plugins_calibrators.mse import MSECalibrator
 from drpaiq_plugins_calibrators.percentile import PercentileCalibrator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drpaiq_plugins_calibrators import entropy, plugin
 
-CALIBRATORS = [MinMaxCalibrator, EntropyCalibrator, PercentileCalibrator]
+CALIBRATORS = [MinMaxCalibrator, EntropyCalibrator, PercentileCalibrator, MSECalibrator]
 
 
 def run(calibrator: Calibrator, batches: list[np.ndarray]) -> TensorRange:
@@ -305,6 +306,77 @@ def test_percentile_100_is_minmax_and_relu_keeps_zero() -> None:
 
 
 # ---------------------------------------------------------------------------
+# MSE
+# ---------------------------------------------------------------------------
+
+
+def quantization_error(values: np.ndarray, found: TensorRange, symmetric: bool = False) -> float:
+    """The mean squared error of ``values`` quantized to int8 with the range ``found``,
+    as drpaiq's planner would (the range widened to include 0, the zero-point rule)."""
+    from drpaiq_core.qparams import activation_params, fake_quantize
+
+    params = activation_params(found.rmin, found.rmax, "int8", symmetric)
+    return float(np.mean((fake_quantize(values, params) - values).astype(np.float64) ** 2))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_mse_range_quantizes_with_less_error_than_the_others(symmetric: bool) -> None:
+    rng = np.random.default_rng(11)
+    # Signed and lopsided, with a long tail: MinMax wastes levels, a cut can pay.
+    values = np.concatenate([rng.laplace(0.5, 1.0, 200_000), rng.laplace(0.0, 6.0, 300)])
+    values = values.astype(np.float32)
+    option = {"activation_symmetric": str(symmetric)}
+    errors = {
+        cls.__name__: quantization_error(values, run(cls(option), [values]), symmetric)
+        for cls in CALIBRATORS
+    }
+    best = errors.pop("MSECalibrator")
+    assert all(best < other for other in errors.values()), (best, errors)
+
+
+def test_mse_range_is_a_minimum_of_the_real_error() -> None:
+    """The histogram's estimate of the error finds a range that the real quantization
+    error cannot improve on by moving either end by 10%."""
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.normal(-0.3, 1.0, 100_000), rng.normal(0, 5.0, 500)])
+    values = values.astype(np.float32)
+    found = run(MSECalibrator(), [values])
+    at_best = quantization_error(values, found)
+    assert found.details["expected_error"] / values.size == pytest.approx(at_best, rel=0.1)
+    for low, high in itertools.product((0.9, 1.0, 1.1), repeat=2):
+        moved = TensorRange(found.rmin * low, found.rmax * high)
+        assert at_best <= quantization_error(values, moved) * 1.01, (low, high)
+
+
+def test_mse_on_relu_outputs_keeps_zero_and_weighs_a_far_value() -> None:
+    """A value far out is cut only when its squared move costs less than the rounding
+    error the wider range would put on all the others: at 8 bits, a rare one."""
+    rng = np.random.default_rng(2)
+    bulk = np.maximum(rng.uniform(-1.0, 1.0, 2_000_000), 0.0).astype(np.float32)
+    one_far = run(MSECalibrator(), [np.append(bulk, np.float32(4.0))])
+    # n values inside pay n * (h / 255)^2 / 12 of rounding, k far ones k * (4 - h)^2 of
+    # clipping: the sum is least at h = 4k / (n / (12 * 255^2) + k).
+    inside = np.count_nonzero(bulk)
+
+    def best(k: int) -> float:
+        return 4.0 * k / (inside / (12 * 255**2) + k)
+
+    assert one_far.rmin == 0.0
+    assert one_far.rmax == pytest.approx(best(1), abs=2 * one_far.details["bin_width"])
+    many_far = run(MSECalibrator(), [np.append(bulk, np.full(50, 4.0, np.float32))])
+    assert many_far.rmax == pytest.approx(best(50), abs=2 * many_far.details["bin_width"])
+    assert best(1) < 2.0 < best(50)
+    # Exact zeros are free: half the values are 0, and without them the range is the same.
+    assert one_far.rmax == run(MSECalibrator(), [np.append(bulk[bulk > 0], np.float32(4.0))]).rmax
+
+
+def test_mse_never_goes_beyond_the_values_seen() -> None:
+    values = np.array([0.25, 0.5, 0.75, 1.0], dtype=np.float32)
+    found = run(MSECalibrator(), [values])
+    assert found.rmin >= 0.0 and found.rmax <= 1.0
+
+
+# ---------------------------------------------------------------------------
 # Options and registration
 # ---------------------------------------------------------------------------
 
@@ -343,6 +415,8 @@ def test_registered_under_both_spellings_through_entry_points() -> None:
         ("MinMax", MinMaxCalibrator),
         ("Entropy", EntropyCalibrator),
         ("PERCENTILE", PercentileCalibrator),
+        ("MSE", MSECalibrator),
+        ("mse", MSECalibrator),
     ):
         assert host.calibrators.get(name) is cls
     assert host.plugins["builtin_calibrators"].module == plugin.__name__

@@ -14,6 +14,7 @@ from drpaiq_core.plugin_api import Calibrator, TensorRange
 from drpaiq_plugins_calibrators.debug_plots import REPORT_NAME, safe_file_stem
 from drpaiq_plugins_calibrators.entropy import EntropyCalibrator
 from drpaiq_plugins_calibrators.minmax import MinMaxCalibrator
+from drpaiq_plugins_calibrators.mse import MSECalibrator
 from drpaiq_plugins_calibrators.percentile import PercentileCalibrator
 
 NAMES = ["conv1/out:0", "../../escape", "relu", ".hidden", ""]
@@ -121,6 +122,12 @@ def test_percentile_and_minmax_reports(tmp_path: Path) -> None:
     assert document["tensors"]["relu"]["rmin"] == 0.0
     assert not list((tmp_path / "m").glob("*.png"))
     minmax.report(ranges_for(minmax), None)  # no folder, nothing written, no error
+    mse = MSECalibrator()
+    mse.report(ranges_for(mse), tmp_path / "e")
+    document = json.loads((tmp_path / "e" / REPORT_NAME).read_text())
+    assert document["method"] == "mse"
+    assert all(t["expected_error"] >= 0 for t in document["tensors"].values() if "min" in t)
+    assert (tmp_path / "e" / "0000_conv1_out_0.png").is_file()
 
 
 def test_debug_folder_that_is_a_file_is_a_user_error(tmp_path: Path) -> None:

@@ -401,7 +401,7 @@ def _activation_type(ctx: click.Context, param: click.Parameter, value: str | No
     "calibrate_method",
     default="MinMax",
     metavar="NAME",
-    help="Calibrator: MinMax, Entropy, Percentile or any installed one (any case).",
+    help="Calibrator: MinMax, Entropy, Percentile, MSE or any installed one (any case).",
 )
 @click.option(
     "--datareader_path",

@@ -55,7 +55,7 @@ def _tensor_entry(tensor_range: TensorRange) -> dict[str, Any]:
         "rmin": _json_number(tensor_range.rmin),
         "rmax": _json_number(tensor_range.rmax),
     }
-    for key in ("min", "max", "threshold_low", "threshold_high", "bin_width"):
+    for key in ("min", "max", "threshold_low", "threshold_high", "bin_width", "expected_error"):
         if key in details:
             entry[key] = _json_number(details[key])
     for key in ("count", "num_bins", "num_quantized_bins", "levels_low", "levels_high"):
@@ -183,6 +183,19 @@ def plot_percentile(figure: Any, name: str, tensor_range: TensorRange) -> None:
     axes.set_title(
         f"{name}\npercentile {details['percentile']}: range "
         f"[{tensor_range.rmin:.4g}, {tensor_range.rmax:.4g}]",
+        fontsize=9,
+    )
+    figure.tight_layout()
+
+
+def plot_mse(figure: Any, name: str, tensor_range: TensorRange) -> None:
+    """The histogram (log counts) with the range of least expected error."""
+    details = tensor_range.details
+    axes = figure.subplots(1, 1)
+    _histogram_axes(axes, details, tensor_range)
+    axes.set_title(
+        f"{name}\nMSE: range [{tensor_range.rmin:.4g}, {tensor_range.rmax:.4g}], expected "
+        f"squared error {details.get('expected_error', float('nan')):.3g} (summed)",
         fontsize=9,
     )
     figure.tight_layout()

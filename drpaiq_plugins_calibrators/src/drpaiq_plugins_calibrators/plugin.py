@@ -12,13 +12,15 @@ from drpaiq_core.plugin_api import Calibrator, hookimpl
 
 from drpaiq_plugins_calibrators.entropy import EntropyCalibrator
 from drpaiq_plugins_calibrators.minmax import MinMaxCalibrator
+from drpaiq_plugins_calibrators.mse import MSECalibrator
 from drpaiq_plugins_calibrators.percentile import PercentileCalibrator
 
 
 @hookimpl
 def drpaiq_register_calibrators(register: Callable[[type[Calibrator]], None]) -> None:
-    """Register ``minmax``, ``entropy`` and ``percentile`` (also spelled ``MinMax``,
-    ``Entropy``, ``Percentile``)."""
+    """Register ``minmax``, ``entropy``, ``percentile`` and ``mse`` (also spelled
+    ``MinMax``, ``Entropy``, ``Percentile``, ``MSE``)."""
     register(MinMaxCalibrator)
     register(EntropyCalibrator)
     register(PercentileCalibrator)
+    register(MSECalibrator)
