@@ -54,7 +54,7 @@ SAMPLES = ROOT / "samples"
 DEFAULT_MODEL = SAMPLES / "modA_resnet_nchw.onnx"
 DEFAULT_MEAN = (0.2860, 0.2860, 0.2860)
 DEFAULT_STD = (0.3530, 0.3530, 0.3530)
-METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MSE"}
 ORT_LIMIT_BYTES = 10 * 1024**3
 
 
