@@ -177,25 +177,24 @@ def _histogram_axes(axes: Any, details: Mapping[str, Any], tensor_range: TensorR
 
 def plot_percentile(figure: Any, name: str, tensor_range: TensorRange) -> None:
     """The histogram (log counts) with the two percentile cuts and the extremes."""
-    details = tensor_range.details
-    axes = figure.subplots(1, 1)
-    _histogram_axes(axes, details, tensor_range)
-    axes.set_title(
-        f"{name}\npercentile {details['percentile']}: range "
-        f"[{tensor_range.rmin:.4g}, {tensor_range.rmax:.4g}]",
-        fontsize=9,
-    )
-    figure.tight_layout()
+    percentile = tensor_range.details["percentile"]
+    _range_plot(figure, tensor_range, f"{name}\npercentile {percentile}: range")
 
 
 def plot_mse(figure: Any, name: str, tensor_range: TensorRange) -> None:
     """The histogram (log counts) with the range of least expected error."""
-    details = tensor_range.details
+    error = tensor_range.details.get("expected_error", float("nan"))
+    _range_plot(
+        figure, tensor_range, f"{name}\nMSE (expected squared error {error:.3g}, summed): range"
+    )
+
+
+def _range_plot(figure: Any, tensor_range: TensorRange, title: str) -> None:
+    """One histogram panel with the range, titled ``title [rmin, rmax]``."""
     axes = figure.subplots(1, 1)
-    _histogram_axes(axes, details, tensor_range)
+    _histogram_axes(axes, tensor_range.details, tensor_range)
     axes.set_title(
-        f"{name}\nMSE: range [{tensor_range.rmin:.4g}, {tensor_range.rmax:.4g}], expected "
-        f"squared error {details.get('expected_error', float('nan')):.3g} (summed)",
+        f"{title} [{tensor_range.rmin:.4g}, {tensor_range.rmax:.4g}]",
         fontsize=9,
     )
     figure.tight_layout()

@@ -72,9 +72,7 @@ from drpaiq_plugins_calibrators.divergence import DivergenceCurves, kl_divergenc
 #: bound the search still clips heavy tails, but never a visible part of the data.
 DEFAULT_MAX_CLIP = 1e-4
 
-DEFAULT_NUM_BINS = 2048
 DEFAULT_NUM_QUANTIZED_BINS = 128
-MAX_BINS = 1 << 16
 
 
 def side_levels(
@@ -107,10 +105,11 @@ def entropy_num_bins(options: Mapping[str, Any], num_quantized_bins: int) -> int
     num_bins = int_option(
         options,
         "num_bins",
-        DEFAULT_NUM_BINS,
+        histogram.DEFAULT_NUM_BINS,
         low=1,
-        high=MAX_BINS,
-        why=f"the histogram's memory grows with it; drpaiq's default is {DEFAULT_NUM_BINS}",
+        high=histogram.MAX_BINS,
+        why="the histogram's memory grows with it; drpaiq's default is "
+        f"{histogram.DEFAULT_NUM_BINS}",
     )
     steps = 2 * num_quantized_bins - 1
     needed = 2 * steps
@@ -120,7 +119,7 @@ def entropy_num_bins(options: Mapping[str, Any], num_quantized_bins: int) -> int
             f"needs at least 2 x (2 x num_quantized_bins - 1) = {needed} histogram bins per "
             f"sign (num_quantized_bins is {num_quantized_bins}, so a side gets up to {steps} "
             f"levels), so that the threshold search has candidates; raise num_bins to "
-            f"{needed} or more (drpaiq's default is {DEFAULT_NUM_BINS}; the DRP-AI "
+            f"{needed} or more (drpaiq's default is {histogram.DEFAULT_NUM_BINS}; the DRP-AI "
             f"Quantizer's default of 128 is too few here) or lower num_quantized_bins to "
             f"{max((num_bins + 2) // 4, 2)} or less"
         )
@@ -156,7 +155,7 @@ class EntropyCalibrator(histogram.HistogramCalibrator):
             "num_quantized_bins",
             DEFAULT_NUM_QUANTIZED_BINS,
             low=2,
-            high=(MAX_BINS + 2) // 4,
+            high=(histogram.MAX_BINS + 2) // 4,
             why="the levels of a symmetric range's side; num_bins must be at least "
             "2 x (2 x num_quantized_bins - 1)",
         )

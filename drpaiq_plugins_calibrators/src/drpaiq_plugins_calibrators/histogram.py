@@ -31,12 +31,35 @@ independent of the number of batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from drpaiq_core.plugin_api import Calibrator
+
+#: Histogram bins per sign by default (``num_bins``), and the most accepted.
+DEFAULT_NUM_BINS = 2048
+MAX_BINS = 1 << 16
+
+
+def bins_option(options: Mapping[str, Any], method: str, places: str) -> int:
+    """The ``num_bins`` option of a method that ``places`` its range ends at bin edges:
+    16 to :data:`MAX_BINS` (fewer place them far from where they belong; more cost
+    memory)."""
+    from drpaiq_plugins_calibrators._options import int_option
+
+    return int_option(
+        options,
+        "num_bins",
+        DEFAULT_NUM_BINS,
+        low=16,
+        high=MAX_BINS,
+        why=f"{method} calibration {places} at bin edges: fewer than 16 bins per sign put "
+        "them far off, and the histogram's memory grows with more; drpaiq's default is "
+        f"{DEFAULT_NUM_BINS}",
+    )
+
 
 #: The smallest bin width is 2**MIN_EXPONENT; a tensor of zeros keeps it. float32 can
 #: scale by 2**-MIN_EXPONENT without overflow.

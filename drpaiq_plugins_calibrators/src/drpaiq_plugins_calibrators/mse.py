@@ -30,10 +30,8 @@ import numpy as np
 from drpaiq_core.plugin_api import TensorRange
 
 from drpaiq_plugins_calibrators import debug_plots, histogram
-from drpaiq_plugins_calibrators._options import bool_option, int_option
+from drpaiq_plugins_calibrators._options import bool_option
 
-DEFAULT_NUM_BINS = 2048
-MAX_BINS = 1 << 16
 #: Rounds of the one-end-at-a-time search of signed data (it stops earlier once
 #: neither end moves).
 MAX_ROUNDS = 8
@@ -52,16 +50,7 @@ class MSECalibrator(histogram.HistogramCalibrator):
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
-        self.num_bins = int_option(
-            self.options,
-            "num_bins",
-            DEFAULT_NUM_BINS,
-            low=16,
-            high=MAX_BINS,
-            why="the MSE search places range ends at bin edges: fewer than 16 bins per sign "
-            "place them far apart, and the histogram's memory grows with more; drpaiq's "
-            f"default is {DEFAULT_NUM_BINS}",
-        )
+        self.num_bins = histogram.bins_option(self.options, "MSE", "places the range ends")
         self.symmetric = bool_option(self.options, "activation_symmetric", False)
 
     def compute(self, state: histogram.HistogramState) -> TensorRange:

@@ -20,11 +20,9 @@ import numpy as np
 from drpaiq_core.plugin_api import TensorRange
 
 from drpaiq_plugins_calibrators import debug_plots, histogram
-from drpaiq_plugins_calibrators._options import float_option, int_option
+from drpaiq_plugins_calibrators._options import float_option
 
 DEFAULT_PERCENTILE = 99.999
-DEFAULT_NUM_BINS = 2048
-MAX_BINS = 1 << 16
 
 
 class PercentileCalibrator(histogram.HistogramCalibrator):
@@ -41,16 +39,7 @@ class PercentileCalibrator(histogram.HistogramCalibrator):
         self.percentile = float_option(
             self.options, "percentile_value", DEFAULT_PERCENTILE, above=50.0, at_most=100.0
         )
-        self.num_bins = int_option(
-            self.options,
-            "num_bins",
-            DEFAULT_NUM_BINS,
-            low=16,
-            high=MAX_BINS,
-            why="Percentile calibration cuts the tails at bin edges: fewer than 16 bins per "
-            "sign cut far from the percentile, and the histogram's memory grows with more; "
-            f"drpaiq's default is {DEFAULT_NUM_BINS}",
-        )
+        self.num_bins = histogram.bins_option(self.options, "Percentile", "cuts the tails")
 
     def compute(self, state: histogram.HistogramState) -> TensorRange:
         """The two tail cuts; the details keep the signed histogram for :meth:`report`."""
