@@ -303,7 +303,10 @@ class SpreadReader(Reader):
         for batch in spread_batches(batches_of(self.inner), self.total, self.samples):
             if kept is not None:
                 held += sum(int(np.asarray(v).nbytes) for v in batch.feeds.values())
-                kept = [*kept, batch] if held <= self.keep_bytes else None
+                if held <= self.keep_bytes:
+                    kept.append(batch)
+                else:
+                    kept = None
             yield batch
         self._kept = kept
 
