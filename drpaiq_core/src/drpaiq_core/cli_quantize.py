@@ -326,6 +326,8 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
         input_shape=parse_shape(params["input_shape"]) if params["input_shape"] else None,
         debug_dir=Path(params["debug_dir"]) if params["debug_dir"] else None,
         summary_json=Path(params["summary_json"]) if params["summary_json"] else None,
+        load_ranges=Path(params["load_ranges"]) if params["load_ranges"] else None,
+        save_ranges=Path(params["save_ranges"]) if params["save_ranges"] else None,
         diagnose_samples=params["diagnose_samples"]
         or (DIAGNOSE_SAMPLES if params["diagnose"] else 0),
         quiet=state.quiet,
@@ -498,6 +500,19 @@ def _activation_type(ctx: click.Context, param: click.Parameter, value: str | No
     help="Write calibration debug output (histograms, thresholds) here.",
 )
 @click.option("--summary-json", "summary_json", metavar="FILE", help="Write the summary as JSON.")
+@click.option(
+    "--save-ranges",
+    "save_ranges",
+    metavar="FILE",
+    help="Write the calibrated ranges to this JSON file, for --load-ranges.",
+)
+@click.option(
+    "--load-ranges",
+    "load_ranges",
+    metavar="FILE",
+    help="Take the ranges of the tensors this JSON file names (from --save-ranges, or "
+    "written by hand); calibrate only the others.",
+)
 @click.option(
     "--diagnose",
     "diagnose",

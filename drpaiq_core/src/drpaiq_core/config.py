@@ -40,6 +40,9 @@ class QuantizeConfig:
     :ivar diagnose_samples: after planning, run this many calibration samples to find
         where the quantization error comes from (0, the default: no diagnosis); see
         :mod:`drpaiq_core.diagnose`.
+    :ivar load_ranges: a ranges file (see :mod:`drpaiq_core.ranges_file`): the tensors it
+        names take its ranges and only the others are calibrated.
+    :ivar save_ranges: write every range the run used or read to this ranges file.
     :ivar quiet: no progress bars or info lines.
     :ivar tvm: the reference's ``--tvm`` flow (built-in TVM reader).
     :ivar datareader_path: the reference's ``--datareader_path``: a ``.py`` file whose
@@ -70,6 +73,8 @@ class QuantizeConfig:
     debug_dir: Path | None = None
     summary_json: Path | None = None
     diagnose_samples: int = 0
+    load_ranges: Path | None = None
+    save_ranges: Path | None = None
     quiet: bool = False
     tvm: bool = False
     datareader_path: Path | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
     from drpaiq_core.bias_correction import BiasCorrectionReport
     from drpaiq_core.plan import QuantPlan
+    from drpaiq_core.plugin_api import Reader, TensorRange
+    from drpaiq_core.ranges_file import LoadedRanges
 
 log = logging.getLogger("drpaiq")
 
@@ -83,6 +86,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     from drpaiq_core.load import default_opset, load_model
     from drpaiq_core.plan import build_plan
     from drpaiq_core.prepare import prepare
+    from drpaiq_core.ranges_file import file_sha256, ranges_document, read_ranges
     from drpaiq_core.select import select
     from drpaiq_core.verify import verify
     from drpaiq_core.write import check_output_path, publish_folder, write_model, write_text
@@ -95,6 +99,10 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     _check_distinct_outputs(config, _debug_dir(config))
     if config.summary_json is not None:
         check_output_path(Path(config.summary_json), (input_path, output_path))
+    if config.save_ranges is not None:
+        # May be the --load-ranges file: it is read now and replaced at the end.
+        check_output_path(Path(config.save_ranges), (input_path, output_path))
+    loaded = read_ranges(Path(config.load_ranges)) if config.load_ranges is not None else None
     if config.preprocessed_model_output is not None:
         # Checked now: it is written only at the end, after the model.
         check_output_path(Path(config.preprocessed_model_output), (input_path, output_path))
@@ -123,9 +131,16 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
 
     original = load_model(input_path)
     opset_before = default_opset(original)
+
+    @functools.cache
+    def data() -> Reader:
+        return open_reader(config, host, original, input_path)
+
     # The reader is built first: a bad folder or bad norm values fail in a second,
-    # before any pre-processing work.
-    reader = open_reader(config, host, original, input_path)
+    # before any pre-processing work. With a ranges file it is built only when
+    # something reads data: a file that covers every tensor needs no calibration data.
+    if loaded is None:
+        data()
     with tempfile.TemporaryDirectory(prefix="drpaiq-") as workdir_name:
         workdir = Path(workdir_name)
         model, preprocessed = _preprocessed(config, input_path, original, workdir)
@@ -133,24 +148,35 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         model = _with_shapes(model)
         graph = ModelGraph(model)
         selection = select(host, graph, rules, options)
-        result = calibrate(
-            model,
-            selection.range_tensors,
-            reader,
-            calibrator,
-            quiet=config.quiet,
-            # Staged: published below only once the whole run has succeeded.
-            debug_dir=None if debug_dir is None else workdir / "debug",
-            workdir=workdir,
-        )
-        graph = ModelGraph(model, observed_shapes=result.shapes)
-        plan = build_plan(selection, graph, result.ranges, options)
+        known: dict[str, TensorRange] = {}
+        if loaded is not None:
+            loaded.check_names(graph)
+            loaded.warn_if_other_source(
+                file_sha256(input_path), calibrator_cls.PLUGIN_NAME, options.activation_symmetric
+            )
+            known.update(loaded.tensor_ranges())
+        needed = [t for t in selection.range_tensors if t not in known]
+        result = None
+        if needed or loaded is None:
+            result = calibrate(
+                model,
+                needed,
+                data(),
+                calibrator,
+                quiet=config.quiet,
+                # Staged: published below only once the whole run has succeeded.
+                debug_dir=None if debug_dir is None else workdir / "debug",
+                workdir=workdir,
+            )
+            known.update(result.ranges)
+        graph = ModelGraph(model, observed_shapes=result.shapes if result else None)
+        plan = build_plan(selection, graph, _ranges_of(selection.range_tensors, known), options)
 
         def correct(target: QuantPlan) -> BiasCorrectionReport:
             return correct_biases(
                 model,
                 target,
-                reader,
+                data(),
                 samples=correction_samples,
                 quiet=config.quiet,
                 workdir=workdir,
@@ -168,14 +194,15 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 more = dataclasses.replace(rules, node_names=(*rules.node_names, *nodes))
                 with _reported_already():
                     chosen = select(host, graph, more, options)
-                missing = [t for t in chosen.range_tensors if t not in result.ranges]
+                missing = [t for t in chosen.range_tensors if t not in known]
                 if missing:
                     found = calibrate(
-                        model, missing, reader, calibrator, quiet=config.quiet, workdir=workdir
+                        model, missing, data(), calibrator, quiet=config.quiet, workdir=workdir
                     )
-                    result.ranges.update(found.ranges)
+                    known.update(found.ranges)
+                ranges = _ranges_of(chosen.range_tensors, known)
                 with _reported_already():
-                    replanned = build_plan(chosen, graph, result.ranges, options)
+                    replanned = build_plan(chosen, graph, ranges, options)
                 if bias_correction:
                     correct(replanned)
                 return replanned
@@ -184,7 +211,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 model,
                 plan,
                 tied_nodes(selection, graph),
-                reader,
+                data(),
                 config.diagnose_samples,
                 replan=replan,
                 quiet=config.quiet,
@@ -197,12 +224,28 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
             _publish_preprocessed(preprocessed, Path(config.preprocessed_model_output))
         if debug_dir is not None and (workdir / "debug").is_dir():
             publish_folder(workdir / "debug", debug_dir)
+        if config.save_ranges is not None:
+            from_file = result is None and loaded is not None
+            method = loaded.calibrate_method if from_file and loaded else None
+            write_text(
+                Path(config.save_ranges),
+                ranges_document(
+                    known,
+                    selection.range_tensors,
+                    model_path=input_path,
+                    model_sha256=file_sha256(input_path),
+                    calibrate_method=method or calibrator_cls.PLUGIN_NAME,
+                    activation_symmetric=options.activation_symmetric,
+                    samples=result.samples if result else (loaded and loaded.samples) or 0,
+                ),
+            )
 
     summary = Summary(
         input_model=input_path,
         output_model=output_path,
         calibrate_method=calibrator_cls.PLUGIN_NAME,
-        samples=result.samples,
+        samples=result.samples if result else 0,
+        ranges_file=None if loaded is None else loaded.path,
         quantized={name: op for name, (op, _) in plan.quantized_nodes.items()},
         float_nodes={
             name: (_op_type(model, name), reason) for name, reason in plan.float_nodes.items()
@@ -223,11 +266,32 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
             f"{len(plan.cuts)} Add/Sub input range(s) cut to the values that can still reach "
             "the output's range (plan.cuts in --summary-json)"
         )
+    if loaded is not None:
+        summary.notes.append(_loaded_note(loaded, selection.range_tensors, needed))
+    if config.save_ranges is not None:
+        summary.notes.append(f"ranges of {len(known)} tensor(s) saved to {config.save_ranges}")
     if correction is not None:
         summary.notes.append(correction.note())
     if config.summary_json is not None:
         write_text(Path(config.summary_json), summary.to_json())
     return summary
+
+
+def _ranges_of(tensors: list[str], known: dict[str, TensorRange]) -> dict[str, TensorRange]:
+    """The ranges of ``tensors`` (those known), in that order."""
+    return {t: known[t] for t in tensors if t in known}
+
+
+def _loaded_note(loaded: LoadedRanges, tensors: list[str], calibrated: list[str]) -> str:
+    """What a ranges file gave this run."""
+    needed = set(tensors)
+    used = sum(1 for t in loaded.ranges if t in needed)
+    text = f"ranges: {used} read from {loaded.path}, {len(calibrated)} calibrated"
+    unused = [t for t in loaded.ranges if t not in needed]
+    if not unused:
+        return text
+    named = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
+    return f"{text}; {len(unused)} in the file not needed by this plan ({named})"
 
 
 @contextlib.contextmanager
@@ -291,6 +355,7 @@ def _check_distinct_outputs(config: QuantizeConfig, debug_dir: Path | None) -> N
         "the output model": config.output_model,
         "--summary-json": config.summary_json,
         "-pmo": config.preprocessed_model_output,
+        "--save-ranges": config.save_ranges,
     }
     seen: dict[Path, str] = {}
     for what, path in list(files.items())[1:]:

@@ -18,7 +18,8 @@ class Summary:
     :ivar input_model: the FP32 model.
     :ivar output_model: the INT8 model written.
     :ivar calibrate_method: the calibrator used.
-    :ivar samples: calibration samples seen.
+    :ivar samples: calibration samples seen (0 when every range came from a file).
+    :ivar ranges_file: the ``--load-ranges`` file, when one was given.
     :ivar quantized: node name -> op type, for quantized nodes.
     :ivar float_nodes: node name -> (op type, why it stays float).
     :ivar rules: exclusion rule -> nodes it matched.
@@ -34,6 +35,7 @@ class Summary:
     output_model: Path
     calibrate_method: str
     samples: int = 0
+    ranges_file: Path | None = None
     quantized: dict[str, str] = field(default_factory=dict)
     float_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
     rules: dict[str, list[str]] = field(default_factory=dict)
@@ -51,6 +53,7 @@ class Summary:
             "output_model": str(self.output_model),
             "calibrate_method": self.calibrate_method,
             "samples": self.samples,
+            "ranges_file": None if self.ranges_file is None else str(self.ranges_file),
             "quantized_by_op_type": dict(sorted(Counter(self.quantized.values()).items())),
             "quantized_nodes": self.quantized,
             "float_nodes": {
@@ -74,7 +77,10 @@ class Summary:
 
     def to_text(self) -> str:
         """A short human-readable report."""
-        lines = [f"wrote {self.output_model} ({self.calibrate_method}, {self.samples} samples)"]
+        source = f"{self.calibrate_method}, {self.samples} samples"
+        if self.ranges_file is not None and not self.samples:
+            source = f"ranges from {self.ranges_file}"
+        lines = [f"wrote {self.output_model} ({source})"]
         counts = Counter(self.quantized.values())
         lines.append(
             f"quantized {len(self.quantized)} node(s): "
