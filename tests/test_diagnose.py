@@ -170,6 +170,7 @@ def mod_b(tmp_path_factory: pytest.TempPathFactory):
         norm_mean=(0.0, 0.0, 0.0),
         norm_std=(1.0, 1.0, 1.0),
         diagnose_samples=8,
+        save_ranges=folder / "ranges.json",
         quiet=True,
     )
     return model, quantize(config), config
@@ -194,6 +195,25 @@ def test_the_suggestion_is_what_node_exclusion_gives(mod_b, tmp_path: Path) -> N
     feeds = [batch.feeds for batch in SpreadReader(reader, diagnosis.samples).batches()]
     measured = _sqnr(_outputs(model, feeds), _outputs(excluded.output_model, feeds))
     assert diagnosis.suggested_score.sqnr_db == pytest.approx(measured, abs=0.01)
+
+
+def test_the_saved_ranges_cover_the_suggestion(mod_b, tmp_path: Path) -> None:
+    """The run with the suggested exclusions needs no calibration when it loads the
+    diagnosing run's ranges: no data folder at all, the same bytes as calibrating."""
+    _, summary, config = mod_b
+    suggested = dataclasses.replace(
+        config, nodes_to_exclude=summary.diagnosis.suggested, diagnose_samples=0, save_ranges=None
+    )
+    calibrated = dataclasses.replace(suggested, output_model=tmp_path / "calibrated.onnx")
+    quantize(calibrated)
+    loaded = dataclasses.replace(
+        suggested,
+        output_model=tmp_path / "loaded.onnx",
+        calibrate_dataset=tmp_path / "no data",
+        load_ranges=config.save_ranges,
+    )
+    assert quantize(loaded).samples == 0
+    assert loaded.output_model.read_bytes() == calibrated.output_model.read_bytes()
 
 
 def test_the_diagnosis_changes_nothing_written(mod_b, tmp_path: Path) -> None:
