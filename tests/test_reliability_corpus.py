@@ -701,7 +701,7 @@ def test_onnx_runtime_log_lines_do_not_reach_the_terminal(tmp_path):
     model = onnx.load(str(classifier(tmp_path / "m.onnx")))
     model.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "unused"))
     onnx.save(model, str(tmp_path / "unused.onnx"))
-    images(tmp_path / "cal", 2)
+    images(tmp_path / "cal", 20)  # enough not to be warned of too few
     argv = [*q(model="unused.onnx")[:4], "q.onnx", *q()[5:]]
     outcome = finish_subprocess(start_subprocess(argv, tmp_path, tmp_path))
     assert outcome.code == 0, outcome.stderr

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drpaiq")
 
+#: Calibration on fewer samples than this gives a warning: ranges from a handful of
+#: images miss what real data reaches (the usual advice is 100 to 500 images, at least
+#: 20 for a single class).
+FEW_SAMPLES = 20
+
 
 def quant_options(config: QuantizeConfig) -> QuantOptions:
     """The op quantizers' view of the user's choices."""
@@ -169,6 +174,12 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 workdir=workdir,
             )
             known.update(result.ranges)
+            if result.samples < FEW_SAMPLES:
+                log.warning(
+                    f"calibrated on {result.samples} sample(s): ranges measured on fewer than "
+                    f"{FEW_SAMPLES} rarely hold for real data; calibrate on 100 to 1000 images "
+                    "like those the model will see"
+                )
         graph = ModelGraph(model, observed_shapes=result.shapes if result else None)
         plan = build_plan(selection, graph, _ranges_of(selection.range_tensors, known), options)
 
