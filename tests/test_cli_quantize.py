@@ -314,14 +314,9 @@ def test_tvm_with_recorded_tensors(workdir):
 
 
 def test_quiet_prints_nothing_but_warnings(workdir):
-    few = drpaiq(
-        "-q",
-        "quantize",
-        "modA_resnet18.onnx",
-        "-o",
-        "q.onnx",
-        *["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1"],
-    )
+    argv = ["-q", "quantize", "modA_resnet18.onnx", "-o", "q.onnx"]
+    norm = ["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1"]
+    few = drpaiq(*argv, *norm)
     assert few.exit_code == 0, few.stderr
     # Six calibration images: the one line is the warning that they are too few.
     assert few.stdout == ""
@@ -330,21 +325,7 @@ def test_quiet_prints_nothing_but_warnings(workdir):
         "hold for real data; calibrate on 100 to 1000 images like those the model will see"
     ]
     images(workdir / "calibrate_images", 20, size=10)
-    result = drpaiq(
-        "-q",
-        "quantize",
-        "modA_resnet18.onnx",
-        "-o",
-        "q.onnx",
-        "--norm_mean",
-        "0",
-        "0",
-        "0",
-        "--norm_std",
-        "1",
-        "1",
-        "1",
-    )
+    result = drpaiq(*argv, *norm)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""
 

@@ -204,16 +204,7 @@ def test_cli_flags_and_their_mistakes(saved: tuple[Path, Path, dict], tmp_path: 
         str(MODEL),
         "--calibrate_dataset",
         str(CALIBRATE),
-        "--norm_mean",
-        "0",
-        "0",
-        "0",
-        "--norm_std",
-        "1",
-        "1",
-        "1",
-        "--size-limit",
-        "24",
+        *["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1", "--size-limit", "24"],
     ]
     runner = CliRunner()
     out = tmp_path / "cli.onnx"
