@@ -135,7 +135,8 @@ def test_only_the_tensors_the_file_lacks_are_calibrated(
 def test_a_pinned_range_is_the_one_written(saved: tuple[Path, Path, dict], tmp_path: Path) -> None:
     folder, _, _ = saved
     pin = tmp_path / "pin.json"
-    pin.write_text(json.dumps({"ranges": {STEM: [0, 3]}}))
+    # As a Windows editor may save it: with a byte-order mark.
+    pin.write_text(json.dumps({"ranges": {STEM: [0, 3]}}), encoding="utf-8-sig")
     config = _config(tmp_path, "pinned", load_ranges=pin)
     summary = quantize(config)
     written = _activation_params(config.output_model)

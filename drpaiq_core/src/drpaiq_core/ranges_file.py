@@ -121,7 +121,8 @@ def read_ranges(path: Path) -> LoadedRanges:
         names the file and, for a range, the tensor.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark, as some Windows editors write, is not an error.
+        text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"ranges file {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
