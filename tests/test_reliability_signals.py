@@ -41,7 +41,7 @@ SEARCHING = b"searching ranges"
 
 #: Hidden temporary files that write.py documents as the only possible leftover of a
 #: process killed outright while renaming its output into place.
-DOCUMENTED_TEMPORARY = re.compile(r"^\.(out\.onnx|s\.json)\..+\.tmp$")
+DOCUMENTED_TEMPORARY = re.compile(r"^\.(out\.onnx|s\.json|r\.json)\..+\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ class Sample:
     def argv(self, *extra: str) -> list[str]:
         return [
             "quantize", str(self.model), "-o", "out.onnx", "--calibrate_dataset",
-            str(self.data), *self.norm, "--summary-json", "s.json", *extra,
+            str(self.data), *self.norm, "--summary-json", "s.json", "--save-ranges", "r.json",
+            *extra,
         ]  # fmt: skip
 
 
@@ -148,6 +149,7 @@ class Reference:
 
     model: bytes
     summary: dict[str, object]
+    ranges: bytes
     searching_at: float
     ended_at: float
 
@@ -170,6 +172,7 @@ def reference(sample, tmp_path_factory) -> list[Reference]:
             Reference(
                 model=(run.folder / "out.onnx").read_bytes(),
                 summary=json.loads((run.folder / "s.json").read_text()),
+                ranges=(run.folder / "r.json").read_bytes(),
                 searching_at=searching_at,
                 ended_at=time.monotonic() - run.started,
             )
@@ -180,6 +183,7 @@ def reference(sample, tmp_path_factory) -> list[Reference]:
 def test_two_processes_with_different_hash_seeds_write_the_same_bytes(reference):
     first, second = reference
     assert first.model == second.model
+    assert first.ranges == second.ranges
     assert _paths_removed(first.summary) == _paths_removed(second.summary)
     # The model is a real one: ONNX Runtime loads it.
     session = ort.InferenceSession(first.model, providers=["CPUExecutionProvider"])
@@ -222,13 +226,15 @@ def test_sigkill_leaves_the_previous_output_or_the_complete_new_one(sample, refe
             assert written == reference[0].model, name
             summary = json.loads((run.folder / "s.json").read_text())
             assert _paths_removed(summary) == _paths_removed(reference[0].summary)
+            assert (run.folder / "r.json").read_bytes() == reference[0].ranges
         else:
             assert code == -signal.SIGKILL, (name, code, stderr)
             assert written in (PREVIOUS, reference[0].model), name
         others = [
             p.name
             for p in run.folder.iterdir()
-            if p.name not in ("out.onnx", "s.json") and not DOCUMENTED_TEMPORARY.match(p.name)
+            if p.name not in ("out.onnx", "s.json", "r.json")
+            and not DOCUMENTED_TEMPORARY.match(p.name)
         ]
         assert not others, (name, others)
     # Killed while it was still working, the run left the previous output.
@@ -236,6 +242,7 @@ def test_sigkill_leaves_the_previous_output_or_the_complete_new_one(sample, refe
         assert outcomes[name] == "previous kept", outcomes
         assert (runs[name].folder / "out.onnx").read_bytes() == PREVIOUS
         assert not (runs[name].folder / "s.json").exists()
+        assert not (runs[name].folder / "r.json").exists()
 
 
 @pytest.mark.parametrize(
