@@ -158,3 +158,180 @@ def test_sqnr_of_several_outputs() -> None:
     assert sqnr_db([1.0, 0.0], [100.0, 4.0]) == pytest.approx(10 * math.log10(200.0))
     assert math.isinf(sqnr_db([0.0, 0.0], [1.0, 0.0]))
     assert sqnr_db([1.0], [0.0]) == -math.inf
+
+
+def _with_outputs(path: Path, names: list[str], target: Path) -> Path:
+    """A copy of the model at ``path`` that also outputs ``names`` (for checking)."""
+    model = onnx.load(str(path))
+    for name in names:
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    onnx.save(model, str(target))
+    return target
+
+
+def qdq_copy(path: Path, target: Path, scale: float, zero_point: int) -> Path:
+    """``two_outputs`` as ONNX Runtime's quantizer lays out QDQ models: the Conv output
+    keeps its name and is quantized by a QuantizeLinear -> DequantizeLinear pair whose
+    output the Relu reads."""
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    relu = next(n for n in nodes if n.op_type == "Relu")
+    relu.input[0] = "conv_dq"
+    pair = [
+        helper.make_node("QuantizeLinear", ["conv", "s", "z"], ["conv_q"]),
+        helper.make_node("DequantizeLinear", ["conv_q", "s", "z"], ["conv_dq"]),
+    ]
+    del model.graph.node[:]
+    model.graph.node.extend([nodes[0], *pair, *nodes[1:]])
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(scale, np.float32), "s"),
+            numpy_helper.from_array(np.array(zero_point, np.int8), "z"),
+        ]
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+    return target
+
+
+def _db(reference: np.ndarray, other: np.ndarray) -> float:
+    reference, other = reference.astype(np.float64), other.astype(np.float64)
+    return 10 * math.log10(float(np.sum(reference**2)) / float(np.sum((reference - other) ** 2)))
+
+
+def folded_copy(path: Path, target: Path, scale: float) -> Path:
+    """``two_outputs`` with its Relu folded into the quantization, as ONNX Runtime's
+    quantizer does it: the Conv writes "features" and a QuantizeLinear with zero point
+    -128 clips it at 0; the pool reads the DequantizeLinear output."""
+    model = onnx.load(str(path))
+    conv, _, pool = list(model.graph.node)
+    conv.output[0] = "features"
+    pool.input[0] = "features_dq"
+    del model.graph.node[:]
+    model.graph.node.extend(
+        [
+            conv,
+            helper.make_node("QuantizeLinear", ["features", "s", "z"], ["features_q"]),
+            helper.make_node("DequantizeLinear", ["features_q", "s", "z"], ["features_dq"]),
+            pool,
+        ]
+    )
+    model.graph.output[0].name = "features_dq"
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(scale, np.float32), "s"),
+            numpy_helper.from_array(np.array(-128, np.int8), "z"),
+        ]
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+    return target
+
+
+def _quantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    levels = np.clip(np.round(values.astype(np.float64) / scale) + zero_point, -128, 127)
+    return (levels - zero_point) * scale
+
+
+def test_tensors_are_read_where_each_model_holds_them(tmp_path: Path) -> None:
+    fp32 = two_outputs(tmp_path / "fp32.onnx")
+    scale, zero_point = 0.05, -3
+    # Other weights too, so that the tensor's own rounding differs from its whole error.
+    qdq = qdq_copy(
+        two_outputs(tmp_path / "w.onnx", scale=1.02), tmp_path / "qdq.onnx", scale, zero_point
+    )
+    data = images(tmp_path / "images", 6, size=SIZE)
+    host = get_plugin_host()
+    result = compare([fp32, qdq], dataset=data, host=host, quiet=True, tensors=True)
+    tensors = {t.name: t for t in result.models[0].tensors}
+    assert list(tensors) == ["conv", "features", "pooled"]
+    assert tensors["features"].op_type == "Relu"
+
+    x = _feeds(data)
+    seen = _with_outputs(fp32, ["conv"], tmp_path / "seen.onnx")
+    conv = session(seen).run(["conv"], {"image": x})[0]
+    seen_qdq = _with_outputs(qdq, ["conv", "conv_dq"], tmp_path / "seen_qdq.onnx")
+    unrounded, dequantized = session(seen_qdq).run(["conv", "conv_dq"], {"image": x})
+    np.testing.assert_allclose(dequantized, _quantize(unrounded, scale, zero_point), atol=1e-6)
+    # In the QDQ model "conv" is the float Conv output; the Relu reads the dequantized one.
+    assert tensors["conv"].sqnr_db == pytest.approx(_db(conv, dequantized), abs=1e-3)
+    assert tensors["conv"].quantized
+    assert tensors["conv"].own_db == pytest.approx(_db(unrounded, dequantized), abs=1e-3)
+    assert abs(tensors["conv"].own_db - tensors["conv"].sqnr_db) > 1.0
+    features, mine = np.maximum(conv, 0), np.maximum(dequantized, 0)
+    assert tensors["features"].sqnr_db == pytest.approx(_db(features, mine), abs=1e-3)
+    assert tensors["features"].max_abs == pytest.approx(
+        float(np.max(np.abs(features - mine))), rel=1e-4
+    )
+    assert not tensors["features"].quantized and math.isnan(tensors["features"].own_db)
+
+    # The outputs' figures are the models' own, with or without the tensors.
+    plain = compare([fp32, qdq], dataset=data, host=host, quiet=True)
+    for with_tensors, without in zip(result.models[0].outputs, plain.models[0].outputs):
+        assert with_tensors.sqnr_db == pytest.approx(without.sqnr_db, abs=1e-9)
+    assert plain.models[0].tensors == [] and "tensors of" not in plain.to_text()
+    text = result.to_text()
+    assert f"tensors of {qdq}" in text and "lowest own SQNR: conv (Conv, " in text
+    document = result.to_dict()["models"][0]["tensors"]
+    assert document["conv"]["op_type"] == "Conv" and document["features"]["own_db"] is None
+    assert document["conv"]["own_db"] == pytest.approx(tensors["conv"].own_db, abs=1e-3)
+
+
+def test_an_activation_folded_into_the_quantization(tmp_path: Path) -> None:
+    """Where the Relu became the QuantizeLinear's clipping, "features" is read at the
+    DequantizeLinear output and has no own rounding figure: its float value is the
+    Conv's, before the Relu."""
+    fp32 = two_outputs(tmp_path / "fp32.onnx")
+    folded = folded_copy(fp32, tmp_path / "folded.onnx", 0.04)
+    data = images(tmp_path / "images", 5, size=SIZE)
+    result = compare([fp32, folded], dataset=data, host=get_plugin_host(), quiet=True, tensors=True)
+    tensors = {t.name: t for t in result.models[0].tensors}
+    assert list(tensors) == ["features", "pooled"]  # "conv" is not in the folded model
+    x = _feeds(data)
+    conv = session(_with_outputs(fp32, ["conv"], tmp_path / "seen.onnx")).run(
+        ["conv"], {"image": x}
+    )[0]
+    expected = _db(np.maximum(conv, 0), _quantize(conv, 0.04, -128))
+    assert tensors["features"].sqnr_db == pytest.approx(expected, abs=1e-3)
+    assert not tensors["features"].quantized
+
+
+def test_tensors_of_models_with_external_weights(tmp_path: Path) -> None:
+    """The copies that output the tensors read the weights from beside each model."""
+    data = images(tmp_path / "images", 4, size=SIZE)
+    inline = [two_outputs(tmp_path / "a.onnx"), two_outputs(tmp_path / "b.onnx", scale=0.9)]
+    external = []
+    for path in inline:
+        folder = tmp_path / f"ext_{path.stem}"
+        folder.mkdir()
+        model = onnx.load(str(path))
+        target = folder / path.name
+        onnx.save(model, str(target), save_as_external_data=True, size_threshold=0)
+        assert (folder / f"{path.name}.data").exists() or len(list(folder.iterdir())) > 1
+        external.append(target)
+    host = get_plugin_host()
+    expected = compare(inline, dataset=data, host=host, quiet=True, tensors=True)
+    got = compare(external, dataset=data, host=host, quiet=True, tensors=True)
+    for mine, theirs in zip(got.models[0].tensors, expected.models[0].tensors):
+        assert mine.name == theirs.name
+        assert mine.sqnr_db == pytest.approx(theirs.sqnr_db, abs=1e-9)
+
+
+def test_tensors_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from drpaiq_core.cli import main
+
+    data = images(tmp_path / "images", 3, size=SIZE)
+    fp32 = two_outputs(tmp_path / "fp32.onnx")
+    qdq = qdq_copy(fp32, tmp_path / "qdq.onnx", 0.05, 0)
+    with pytest.raises(SystemExit) as done:
+        main(["-q", "compare", str(fp32), str(qdq), "-d", str(data), "--tensors"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "lowest own SQNR: conv (Conv, " in out
+    with pytest.raises(SystemExit) as done:
+        main(["-q", "compare", str(fp32), str(qdq), "-d", str(data), "--tensors", "--json"])
+    assert set(json.loads(capsys.readouterr().out)["models"][0]["tensors"]) == {
+        "conv",
+        "features",
+        "pooled",
+    }

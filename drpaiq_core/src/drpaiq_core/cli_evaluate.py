@@ -113,6 +113,13 @@ def evaluate_command(state: AppState, **params: Any) -> None:
 
 @click.command("compare", cls=EvaluateCommand)
 @_image_options("Folder of images (sub-folders included; no labels needed).")
+@click.option(
+    "--tensors",
+    "tensors",
+    is_flag=True,
+    help="Also compare every intermediate tensor the models share by name, in graph order, "
+    "with the noise each node adds.",
+)
 @click.pass_obj
 def compare_command(state: AppState, **params: Any) -> None:
     """How far the outputs of each MODEL are from the first MODEL's (SQNR per output,
@@ -122,4 +129,5 @@ def compare_command(state: AppState, **params: Any) -> None:
 
     require_two(params["models"])
     settings = _image_settings(state, params)
-    _print(compare([Path(m) for m in params["models"]], **settings), params["as_json"])
+    result = compare([Path(m) for m in params["models"]], **settings, tensors=params["tensors"])
+    _print(result, params["as_json"])

@@ -16,10 +16,24 @@ measure ``quantize --diagnose`` ranks tensors by.
 
 Images are decoded once; every model must take the same inputs. A model with a fixed
 batch size runs in batches of its size, as in ``evaluate``.
+
+With ``tensors=True`` (``--tensors``) it also compares every intermediate tensor the
+models share by name, in the first model's graph order: where the outputs' error comes
+from. A quantized tensor is read as the next node reads it, dequantized (drpaiq's QDQ
+models keep the name there; in ONNX Runtime's the DequantizeLinear output follows it),
+so its SQNR includes its own rounding. That rounding alone is measured too, the way
+ONNX Runtime's ``qdq_loss_debug`` does: the tensor's float value in the INT8 model
+against its dequantized value (``own``): a low ``own`` points at a range too wide for
+its values (outliers) or clipping too much, a low SQNR with a high ``own`` at error
+from upstream or from the node's weights. The tensors are read from copies of the
+models that output them, run beside the models themselves, so that the outputs'
+figures stay those of the models as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +47,7 @@ from drpaiq_core.plugin_api import ReaderContext
 from drpaiq_core.progress import Counter
 
 if TYPE_CHECKING:
+    from drpaiq_core.graph import ModelGraph
     from drpaiq_core.plugins import PluginHost
 
 
@@ -79,11 +94,36 @@ class OutputDifference:
 
 
 @dataclass
+class TensorDifference(OutputDifference):
+    """One intermediate tensor of one model against the first model's.
+
+    :ivar op_type: the op that computes it in the first model.
+    :ivar quantized: whether this model quantizes it (a QuantizeLinear ->
+        DequantizeLinear pair on it).
+    :ivar own_signal: for a tensor this model quantizes: sum of its float values (before
+        its QuantizeLinear) squared.
+    :ivar own_noise: sum of its rounding (dequantized less float values) squared.
+    """
+
+    op_type: str = ""
+    quantized: bool = False
+    own_signal: float = 0.0
+    own_noise: float = 0.0
+
+    @property
+    def own_db(self) -> float:
+        """The SQNR of this tensor's own quantization (NaN when it is not quantized)."""
+        return sqnr_db([self.own_noise], [self.own_signal]) if self.quantized else math.nan
+
+
+@dataclass
 class ModelDifference:
-    """One model against the first: one entry per output, in the first model's order."""
+    """One model against the first: one entry per output, in the first model's order,
+    and with ``tensors=True`` one per shared intermediate tensor, in graph order."""
 
     model: Path
     outputs: list[OutputDifference] = field(default_factory=list)
+    tensors: list[TensorDifference] = field(default_factory=list)
 
     @property
     def sqnr_db(self) -> float:
@@ -123,6 +163,15 @@ class Comparison:
                         o.name: {"sqnr_db": json_db(o.sqnr_db), "max_abs_diff": o.max_abs}
                         for o in m.outputs
                     },
+                    "tensors": {
+                        t.name: {
+                            "op_type": t.op_type,
+                            "sqnr_db": json_db(t.sqnr_db),
+                            "own_db": json_db(t.own_db) if t.quantized else None,
+                            "max_abs_diff": t.max_abs,
+                        }
+                        for t in m.tensors
+                    },
                 }
                 for m in self.models
             ],
@@ -138,15 +187,54 @@ class Comparison:
             per_output = [format_db(o.sqnr_db) for o in m.outputs] if len(names) > 1 else []
             largest = max((o.max_abs for o in m.outputs), default=0.0)
             table.append([str(m.model), format_db(m.sqnr_db), *per_output, f"{largest:.4g}"])
-        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         lines = [
             f"{self.images} images in {self.dataset} (reader {self.reader}); outputs compared "
             f"with {self.base}'s"
         ]
-        for r in table:
-            line = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-            lines.append("  ".join(line).rstrip())
+        lines.extend(_aligned(table))
+        for m in self.models:
+            if m.tensors:
+                lines.extend(_tensor_lines(m, self.base))
         return "\n".join(lines)
+
+
+#: Tensors named on the "most noise added" line of the text.
+_WORST = 5
+
+
+def _aligned(table: list[list[str]]) -> list[str]:
+    """Rows with the first column left-aligned and the others right-aligned."""
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return [
+        "  ".join(
+            [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        ).rstrip()
+        for r in table
+    ]
+
+
+def _own(t: TensorDifference) -> str:
+    return format_db(t.own_db) if t.quantized else "-"
+
+
+def _tensor_lines(m: ModelDifference, base: Path) -> list[str]:
+    """The per-tensor table of one model, and the tensors whose own rounding costs most."""
+    lines = [
+        "",
+        f"tensors of {m.model} against {base}'s ({len(m.tensors)} shared by name, in graph "
+        "order; own: its own quantization alone, - where it is not quantized or an "
+        "activation is folded into its QuantizeLinear)",
+    ]
+    table = [["tensor", "op", "SQNR", "own", "max |diff|"]]
+    for t in m.tensors:
+        table.append([t.name, t.op_type, format_db(t.sqnr_db), _own(t), f"{t.max_abs:.4g}"])
+    lines.extend("  " + line for line in _aligned(table))
+    rounded = [t for t in m.tensors if t.quantized and not math.isinf(t.own_db)]
+    worst = sorted(rounded, key=lambda t: t.own_db)[:_WORST]
+    if worst:
+        named = ", ".join(f"{t.name} ({t.op_type}, {format_db(t.own_db)})" for t in worst)
+        lines.append(f"lowest own SQNR: {named}")
+    return lines
 
 
 def require_two(models: Sequence[Any]) -> None:
@@ -170,9 +258,11 @@ def compare(
     size_limit: int = 0,
     input_shape: tuple[int, ...] | None = None,
     quiet: bool = False,
+    tensors: bool = False,
 ) -> Comparison:
     """Every output of each of ``models[1:]`` against ``models[0]``'s on the images of
-    ``dataset`` (any folder of images: sub-folders are read too, labels are not needed).
+    ``dataset`` (any folder of images: sub-folders are read too, labels are not needed);
+    with ``tensors``, every intermediate tensor they share by name too.
 
     :raises UserError: fewer than two models, a bad model or folder, models with other
         inputs or other outputs than the first.
@@ -220,8 +310,15 @@ def compare(
     )
     data = ValidatingReader(make_reader(host, reader, context), shared)
     result = Comparison(dataset=dataset, reader=reader, base=paths[0])
+    plan, fetch = shared_tensors(paths) if tensors else ([], [])
+    tensor_sessions = [tensor_session(p, f.names()) for p, f in zip(paths, fetch)] if plan else []
     result.models = [
-        ModelDifference(path, [OutputDifference(name) for name in names[0]]) for path in paths[1:]
+        ModelDifference(
+            path,
+            [OutputDifference(name) for name in names[0]],
+            [dataclasses.replace(t) for t in plan],
+        )
+        for path in paths[1:]
     ]
     with Counter(total=len(data), desc="comparing", unit="img", quiet=quiet) as bar:
         for batch in data.batches():
@@ -231,25 +328,175 @@ def compare(
                 feeds = {s.name: value for s, value in zip(spec, in_order)}
                 outputs.append(run_batched(path, session, feeds, size, own))
             for difference, theirs in zip(result.models, outputs[1:]):
-                _add(difference, outputs[0], theirs)
+                for entry, first, other in zip(difference.outputs, outputs[0], theirs):
+                    _fold(entry, first, other, difference.model, "output")
+            if plan:
+                _fold_tensors(result.models, paths, inputs, tensor_sessions, fetch, fixed, in_order)
             count = in_order[0].shape[0] if in_order and np.ndim(in_order[0]) else 1
             result.images += count
             bar.advance(count)
     return result
 
 
-def _add(difference: ModelDifference, base: list[np.ndarray], mine: list[np.ndarray]) -> None:
-    """Fold one batch's outputs into ``difference``."""
-    for entry, first, other in zip(difference.outputs, base, mine):
-        if np.shape(first) != np.shape(other):
-            raise UserError(
-                f"model {difference.model}: output {entry.name!r} has shape "
-                f"{list(np.shape(other))} where the first model's has {list(np.shape(first))}; "
-                "compare needs the same outputs"
-            )
-        reference = np.asarray(first, dtype=np.float64)
-        delta = np.asarray(other, dtype=np.float64) - reference
-        entry.signal += float(np.sum(reference * reference))
-        entry.noise += float(np.sum(delta * delta))
-        if delta.size:
-            entry.max_abs = max(entry.max_abs, float(np.max(np.abs(delta))))
+#: Samples per run of the copies that output every shared tensor: their values are
+#: held for one run at a time, whatever the batch size.
+_TENSOR_CHUNK = 4
+
+
+@dataclass
+class TensorFetch:
+    """What one model's copy outputs for the shared tensors.
+
+    :ivar views: per shared tensor, the tensor holding it as the next node reads it.
+    :ivar floats: per shared tensor, its float value before its QuantizeLinear when the
+        model quantizes it and computes that value with the first model's op, else None.
+    """
+
+    views: list[str] = field(default_factory=list)
+    floats: list[str | None] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        """Every tensor to output, once each."""
+        return list(dict.fromkeys([*self.views, *(f for f in self.floats if f)]))
+
+
+def shared_tensors(paths: Sequence[Path]) -> tuple[list[TensorDifference], list[TensorFetch]]:
+    """The float tensors that every model in ``paths`` computes under the same name, in
+    the first model's graph order, each with the op computing it there; and for each
+    model, where to read them (see :func:`_quantized_view`). A tensor another model holds
+    as integers (a QuantizeLinear output) is not comparable and is left out."""
+    import onnx
+
+    from drpaiq_core.graph import ModelGraph
+
+    graphs = []
+    for path in paths:
+        model = onnx.load(str(path), load_external_data=False)
+        # Where inference fails, the types known without it are used.
+        with contextlib.suppress(Exception):
+            model = onnx.shape_inference.infer_shapes(model)
+        graphs.append(ModelGraph(model))
+    first = graphs[0]
+    listed: list[TensorDifference] = []
+    fetch = [TensorFetch() for _ in graphs]
+    for node in first.nodes:
+        for name in node.output:
+            if not name or not first.is_float(name):
+                continue
+            producers = [g.producer(name) for g in graphs[1:]]
+            if any(
+                p is None or p.op_type == "QuantizeLinear" or not g.is_float(name)
+                for p, g in zip(producers, graphs[1:])
+            ):
+                continue
+            listed.append(TensorDifference(name, op_type=node.op_type))
+            for own, graph in zip(fetch, graphs):
+                view, before = _quantized_view(graph, name)
+                # An activation folded into the QuantizeLinear (ONNX Runtime drops a
+                # Relu/Clip after a Conv): the float value is the Conv's, and the
+                # QuantizeLinear does the clipping, which is not rounding.
+                computed = graph.producer(before) if before else None
+                if computed is None or computed.op_type != node.op_type:
+                    before = None
+                own.views.append(view)
+                own.floats.append(before)
+    return listed, fetch
+
+
+def _quantized_view(graph: ModelGraph, name: str) -> tuple[str, str | None]:
+    """The tensor holding ``name``'s values as the model's next node reads them, and
+    the float tensor its QuantizeLinear quantizes (None when it is not quantized).
+    drpaiq's QDQ models keep the name on the DequantizeLinear output (float ->
+    QuantizeLinear -> DequantizeLinear -> name); ONNX Runtime's keep it on the float
+    value (name -> QuantizeLinear -> DequantizeLinear -> the value read on)."""
+    producer = graph.producer(name)
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        quantize = graph.producer(producer.input[0])
+        if quantize is not None and quantize.op_type == "QuantizeLinear":
+            return name, str(quantize.input[0])
+        return name, None
+    for quantize in graph.consumers(name):
+        if quantize.op_type == "QuantizeLinear":
+            for dequantize in graph.consumers(quantize.output[0]):
+                if dequantize.op_type == "DequantizeLinear":
+                    return str(dequantize.output[0]), name
+    return name, None
+
+
+def tensor_session(path: Path, names: Sequence[str]) -> Any:
+    """An ONNX Runtime session of a copy of the model whose outputs are ``names``
+    (weights in external data files are read from beside the model)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path), load_external_data=False)
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            output = model.graph.output.add()
+            output.name = name
+            output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.add_session_config_entry(
+        "session.model_external_initializers_file_folder_path", str(path.resolve().parent)
+    )
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"ONNX Runtime cannot run model {path} with its tensors as outputs: {first}; "
+            "compare it without --tensors"
+        ) from None
+
+
+def _fold_tensors(
+    models: list[ModelDifference],
+    paths: Sequence[Path],
+    specs: Sequence[Sequence[Any]],
+    sessions: Sequence[Any],
+    fetch: Sequence[TensorFetch],
+    fixed: Sequence[int | None],
+    in_order: list[np.ndarray],
+) -> None:
+    """Fold one batch's shared tensors into ``models``, a few samples at a time."""
+    from drpaiq_core.evaluate import run_batched
+
+    count = in_order[0].shape[0] if in_order and np.ndim(in_order[0]) else 1
+    for start in range(0, count, _TENSOR_CHUNK):
+        chunk = [value[start : start + _TENSOR_CHUNK] for value in in_order]
+        values = []
+        for path, spec, session, wanted, size in zip(paths, specs, sessions, fetch, fixed):
+            feeds = {s.name: value for s, value in zip(spec, chunk)}
+            names = wanted.names()
+            values.append(dict(zip(names, run_batched(path, session, feeds, size, names))))
+        base = [values[0][name] for name in fetch[0].views]
+        for difference, wanted, theirs in zip(models, fetch[1:], values[1:]):
+            for entry, first, view, before in zip(
+                difference.tensors, base, wanted.views, wanted.floats
+            ):
+                _fold(entry, first, theirs[view], difference.model, "tensor")
+                if before is not None:
+                    entry.quantized = True
+                    unrounded = np.asarray(theirs[before], dtype=np.float64)
+                    rounding = np.asarray(theirs[view], dtype=np.float64) - unrounded
+                    entry.own_signal += float(np.sum(unrounded * unrounded))
+                    entry.own_noise += float(np.sum(rounding * rounding))
+
+
+def _fold(entry: OutputDifference, first: Any, other: Any, model: Path, what: str) -> None:
+    """Fold one batch of one output or tensor into ``entry``."""
+    if np.shape(first) != np.shape(other):
+        raise UserError(
+            f"model {model}: {what} {entry.name!r} has shape {list(np.shape(other))} where "
+            f"the first model's has {list(np.shape(first))}; compare needs the same {what}s"
+        )
+    reference = np.asarray(first, dtype=np.float64)
+    delta = np.asarray(other, dtype=np.float64) - reference
+    entry.signal += float(np.sum(reference * reference))
+    entry.noise += float(np.sum(delta * delta))
+    if delta.size:
+        entry.max_abs = max(entry.max_abs, float(np.max(np.abs(delta))))
