@@ -141,6 +141,10 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     def data() -> Reader:
         return open_reader(config, host, original, input_path)
 
+    @functools.cache
+    def model_sha256() -> str:
+        return file_sha256(input_path)
+
     # The reader is built first: a bad folder or bad norm values fail in a second,
     # before any pre-processing work. With a ranges file it is built only when
     # something reads data: a file that covers every tensor needs no calibration data.
@@ -157,7 +161,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         if loaded is not None:
             loaded.check_names(graph)
             loaded.warn_if_other_source(
-                file_sha256(input_path), calibrator_cls.PLUGIN_NAME, options.activation_symmetric
+                model_sha256(), calibrator_cls.PLUGIN_NAME, options.activation_symmetric
             )
             known.update(loaded.tensor_ranges())
         needed = [t for t in selection.range_tensors if t not in known]
@@ -236,20 +240,20 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         if debug_dir is not None and (workdir / "debug").is_dir():
             publish_folder(workdir / "debug", debug_dir)
         if config.save_ranges is not None:
-            from_file = result is None and loaded is not None
-            method = loaded.calibrate_method if from_file and loaded else None
-            write_text(
-                Path(config.save_ranges),
-                ranges_document(
-                    known,
-                    selection.range_tensors,
-                    model_path=input_path,
-                    model_sha256=file_sha256(input_path),
-                    calibrate_method=method or calibrator_cls.PLUGIN_NAME,
-                    activation_symmetric=options.activation_symmetric,
-                    samples=result.samples if result else (loaded and loaded.samples) or 0,
-                ),
+            # A run that calibrated nothing passes the file's provenance on.
+            method, samples = calibrator_cls.PLUGIN_NAME, result.samples if result else 0
+            if result is None and loaded is not None:
+                method, samples = loaded.calibrate_method or method, loaded.samples or 0
+            document = ranges_document(
+                known,
+                selection.range_tensors,
+                model_path=input_path,
+                model_sha256=model_sha256(),
+                calibrate_method=method,
+                activation_symmetric=options.activation_symmetric,
+                samples=samples,
             )
+            write_text(Path(config.save_ranges), document)
 
     summary = Summary(
         input_model=input_path,
