@@ -167,7 +167,7 @@ class Comparison:
                         t.name: {
                             "op_type": t.op_type,
                             "sqnr_db": json_db(t.sqnr_db),
-                            "own_db": json_db(t.own_db) if t.quantized else None,
+                            "own_db": json_db(t.own_db),
                             "max_abs_diff": t.max_abs,
                         }
                         for t in m.tensors
@@ -198,7 +198,7 @@ class Comparison:
         return "\n".join(lines)
 
 
-#: Tensors named on the "most noise added" line of the text.
+#: Tensors named on the "lowest own SQNR" line of the text.
 _WORST = 5
 
 
