@@ -86,7 +86,7 @@ def test_saved_ranges_are_the_calibrated_ones(saved: tuple[Path, Path, dict]) ->
 
 
 def test_a_saved_calibration_reproduces_the_run_without_data(
-    saved: tuple[Path, Path, dict], tmp_path: Path
+    saved: tuple[Path, Path, dict], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder, ranges_path, _ = saved
     config = _config(
@@ -95,10 +95,14 @@ def test_a_saved_calibration_reproduces_the_run_without_data(
         calibrate_dataset=tmp_path / "no such folder",
         load_ranges=ranges_path,
         save_ranges=tmp_path / "again.json",
+        debug_dir=tmp_path / "debug",
     )
-    summary = quantize(config)
+    with caplog.at_level(logging.WARNING, logger="drpaiq"):
+        summary = quantize(config)
+    assert "no calibration ran (ranges file" in caplog.text
     assert config.output_model.read_bytes() == (folder / "calibrated.onnx").read_bytes()
     assert summary.samples == 0 and summary.ranges_file == ranges_path
+    assert not (tmp_path / "debug").exists()
     assert summary.to_text().startswith(f"wrote {config.output_model} (ranges from ")
     assert any(note.endswith(", 0 calibrated") for note in summary.notes)
     # Saved again from the file alone: the same bytes (method and samples carried over).

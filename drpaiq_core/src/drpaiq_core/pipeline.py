@@ -166,6 +166,11 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
             known.update(loaded.tensor_ranges())
         needed = [t for t in selection.range_tensors if t not in known]
         result = None
+        if not needed and loaded is not None and debug_dir is not None:
+            log.warning(
+                f"no calibration ran (ranges file {loaded.path} gave every range), so there "
+                f"is no debug output for {debug_dir}; calibrate without --load-ranges to get it"
+            )
         if needed or loaded is None:
             result = calibrate(
                 model,
