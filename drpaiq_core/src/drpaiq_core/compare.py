@@ -33,7 +33,6 @@ figures stay those of the models as they are.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -310,15 +309,14 @@ def compare(
     )
     data = ValidatingReader(make_reader(host, reader, context), shared)
     result = Comparison(dataset=dataset, reader=reader, base=paths[0])
-    plan, fetch = shared_tensors(paths) if tensors else ([], [])
-    tensor_sessions = [tensor_session(p, f.names()) for p, f in zip(paths, fetch)] if plan else []
+    by_model = shared_tensors(paths) if tensors else [([], TensorFetch()) for _ in paths[1:]]
+    fetch = [f for _, f in by_model]
+    bases = list(dict.fromkeys(name for f in fetch for name in f.bases))
+    wanted = [bases, *(f.names() for f in fetch)]
+    tensor_sessions = [tensor_session(p, names) for p, names in zip(paths, wanted)] if bases else []
     result.models = [
-        ModelDifference(
-            path,
-            [OutputDifference(name) for name in names[0]],
-            [dataclasses.replace(t) for t in plan],
-        )
-        for path in paths[1:]
+        ModelDifference(path, [OutputDifference(name) for name in names[0]], listed)
+        for path, (listed, _) in zip(paths[1:], by_model)
     ]
     with Counter(total=len(data), desc="comparing", unit="img", quiet=quiet) as bar:
         for batch in data.batches():
@@ -330,8 +328,10 @@ def compare(
             for difference, theirs in zip(result.models, outputs[1:]):
                 for entry, first, other in zip(difference.outputs, outputs[0], theirs):
                     _fold(entry, first, other, difference.model, "output")
-            if plan:
-                _fold_tensors(result.models, paths, inputs, tensor_sessions, fetch, fixed, in_order)
+            if bases:
+                _fold_tensors(
+                    result.models, paths, inputs, tensor_sessions, bases, fetch, fixed, in_order
+                )
             count = in_order[0].shape[0] if in_order and np.ndim(in_order[0]) else 1
             result.images += count
             bar.advance(count)
@@ -345,25 +345,28 @@ _TENSOR_CHUNK = 4
 
 @dataclass
 class TensorFetch:
-    """What one model's copy outputs for the shared tensors.
+    """Where a model's tensors and the first model's are read, one entry per tensor the
+    model shares with the first.
 
-    :ivar views: per shared tensor, the tensor holding it as the next node reads it.
-    :ivar floats: per shared tensor, its float value before its QuantizeLinear when the
-        model quantizes it and computes that value with the first model's op, else None.
+    :ivar bases: the first model's tensor to compare with.
+    :ivar views: this model's tensor holding it as the next node reads it.
+    :ivar floats: its float value before its QuantizeLinear when this model quantizes it
+        and computes that value with the first model's op, else None.
     """
 
+    bases: list[str] = field(default_factory=list)
     views: list[str] = field(default_factory=list)
     floats: list[str | None] = field(default_factory=list)
 
     def names(self) -> list[str]:
-        """Every tensor to output, once each."""
+        """Every tensor of this model to output, once each."""
         return list(dict.fromkeys([*self.views, *(f for f in self.floats if f)]))
 
 
-def shared_tensors(paths: Sequence[Path]) -> tuple[list[TensorDifference], list[TensorFetch]]:
-    """The float tensors that every model in ``paths`` computes under the same name, in
-    the first model's graph order, each with the op computing it there; and for each
-    model, where to read them (see :func:`_quantized_view`). A tensor another model holds
+def shared_tensors(paths: Sequence[Path]) -> list[tuple[list[TensorDifference], TensorFetch]]:
+    """For each model after the first: the float tensors it computes under a name of the
+    first model's, in the first model's graph order, each with the op computing it
+    there, and where to read them (see :func:`_quantized_view`). A tensor a model holds
     as integers (a QuantizeLinear output) is not comparable and is left out."""
     import onnx
 
@@ -377,20 +380,20 @@ def shared_tensors(paths: Sequence[Path]) -> tuple[list[TensorDifference], list[
             model = onnx.shape_inference.infer_shapes(model)
         graphs.append(ModelGraph(model))
     first = graphs[0]
-    listed: list[TensorDifference] = []
-    fetch = [TensorFetch() for _ in graphs]
+    shared: list[tuple[list[TensorDifference], TensorFetch]] = [
+        ([], TensorFetch()) for _ in graphs[1:]
+    ]
     for node in first.nodes:
         for name in node.output:
             if not name or not first.is_float(name):
                 continue
-            producers = [g.producer(name) for g in graphs[1:]]
-            if any(
-                p is None or p.op_type == "QuantizeLinear" or not g.is_float(name)
-                for p, g in zip(producers, graphs[1:])
-            ):
-                continue
-            listed.append(TensorDifference(name, op_type=node.op_type))
-            for own, graph in zip(fetch, graphs):
+            base, _ = _quantized_view(first, name)
+            for (listed, fetch), graph in zip(shared, graphs[1:]):
+                producer = graph.producer(name)
+                if producer is None or producer.op_type == "QuantizeLinear":
+                    continue
+                if not graph.is_float(name):
+                    continue
                 view, before = _quantized_view(graph, name)
                 # An activation folded into the QuantizeLinear (ONNX Runtime drops a
                 # Relu/Clip after a Conv): the float value is the Conv's, and the
@@ -398,9 +401,11 @@ def shared_tensors(paths: Sequence[Path]) -> tuple[list[TensorDifference], list[
                 computed = graph.producer(before) if before else None
                 if computed is None or computed.op_type != node.op_type:
                     before = None
-                own.views.append(view)
-                own.floats.append(before)
-    return listed, fetch
+                listed.append(TensorDifference(name, op_type=node.op_type))
+                fetch.bases.append(base)
+                fetch.views.append(view)
+                fetch.floats.append(before)
+    return shared
 
 
 def _quantized_view(graph: ModelGraph, name: str) -> tuple[str, str | None]:
@@ -458,6 +463,7 @@ def _fold_tensors(
     paths: Sequence[Path],
     specs: Sequence[Sequence[Any]],
     sessions: Sequence[Any],
+    bases: list[str],
     fetch: Sequence[TensorFetch],
     fixed: Sequence[int | None],
     in_order: list[np.ndarray],
@@ -466,19 +472,19 @@ def _fold_tensors(
     from drpaiq_core.evaluate import run_batched
 
     count = in_order[0].shape[0] if in_order and np.ndim(in_order[0]) else 1
+    wanted = [bases, *(f.names() for f in fetch)]
     for start in range(0, count, _TENSOR_CHUNK):
         chunk = [value[start : start + _TENSOR_CHUNK] for value in in_order]
         values = []
-        for path, spec, session, wanted, size in zip(paths, specs, sessions, fetch, fixed):
+        for path, spec, session, names, size in zip(paths, specs, sessions, wanted, fixed):
             feeds = {s.name: value for s, value in zip(spec, chunk)}
-            names = wanted.names()
             values.append(dict(zip(names, run_batched(path, session, feeds, size, names))))
-        base = [values[0][name] for name in fetch[0].views]
-        for difference, wanted, theirs in zip(models, fetch[1:], values[1:]):
-            for entry, first, view, before in zip(
-                difference.tensors, base, wanted.views, wanted.floats
+        first = values[0]
+        for difference, where, theirs in zip(models, fetch, values[1:]):
+            for entry, base, view, before in zip(
+                difference.tensors, where.bases, where.views, where.floats
             ):
-                _fold(entry, first, theirs[view], difference.model, "tensor")
+                _fold(entry, first[base], theirs[view], difference.model, "tensor")
                 if before is not None:
                     entry.quantized = True
                     unrounded = np.asarray(theirs[before], dtype=np.float64)
