@@ -335,3 +335,20 @@ def test_tensors_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixtu
         "features",
         "pooled",
     }
+
+
+def test_each_model_is_compared_on_the_tensors_it_shares_with_the_first(tmp_path: Path) -> None:
+    """A model that lacks a name (the folded copy has no "conv") does not take it away
+    from the others: drpaiq's and ONNX Runtime's models side by side."""
+    fp32 = two_outputs(tmp_path / "fp32.onnx")
+    qdq = qdq_copy(fp32, tmp_path / "qdq.onnx", 0.05, 0)
+    folded = folded_copy(fp32, tmp_path / "folded.onnx", 0.04)
+    data = images(tmp_path / "images", 4, size=SIZE)
+    host = get_plugin_host()
+    together = compare([fp32, qdq, folded], dataset=data, host=host, quiet=True, tensors=True)
+    assert [t.name for t in together.models[0].tensors] == ["conv", "features", "pooled"]
+    assert [t.name for t in together.models[1].tensors] == ["features", "pooled"]
+    alone = compare([fp32, qdq], dataset=data, host=host, quiet=True, tensors=True)
+    for mine, theirs in zip(together.models[0].tensors, alone.models[0].tensors):
+        assert mine.sqnr_db == pytest.approx(theirs.sqnr_db, abs=1e-9)
+        assert mine.own_db == pytest.approx(theirs.own_db, abs=1e-9, nan_ok=True)
