@@ -117,8 +117,8 @@ def evaluate_command(state: AppState, **params: Any) -> None:
     "--tensors",
     "tensors",
     is_flag=True,
-    help="Also compare every intermediate tensor the models share by name, in graph order, "
-    "with the noise each node adds.",
+    help="Also compare every intermediate tensor each model shares by name with the first, "
+    "in graph order, with each tensor's own rounding error.",
 )
 @click.pass_obj
 def compare_command(state: AppState, **params: Any) -> None:

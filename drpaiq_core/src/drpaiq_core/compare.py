@@ -18,7 +18,7 @@ Images are decoded once; every model must take the same inputs. A model with a f
 batch size runs in batches of its size, as in ``evaluate``.
 
 With ``tensors=True`` (``--tensors``) it also compares every intermediate tensor the
-models share by name, in the first model's graph order: where the outputs' error comes
+models share by name with the first, in its graph order: where the outputs' error comes
 from. A quantized tensor is read as the next node reads it, dequantized (drpaiq's QDQ
 models keep the name there; in ONNX Runtime's the DequantizeLinear output follows it),
 so its SQNR includes its own rounding. That rounding alone is measured too, the way
@@ -261,7 +261,7 @@ def compare(
 ) -> Comparison:
     """Every output of each of ``models[1:]`` against ``models[0]``'s on the images of
     ``dataset`` (any folder of images: sub-folders are read too, labels are not needed);
-    with ``tensors``, every intermediate tensor they share by name too.
+    with ``tensors``, every intermediate tensor each shares by name with the first too.
 
     :raises UserError: fewer than two models, a bad model or folder, models with other
         inputs or other outputs than the first.
