@@ -352,3 +352,33 @@ def test_each_model_is_compared_on_the_tensors_it_shares_with_the_first(tmp_path
     for mine, theirs in zip(together.models[0].tensors, alone.models[0].tensors):
         assert mine.sqnr_db == pytest.approx(theirs.sqnr_db, abs=1e-9)
         assert mine.own_db == pytest.approx(theirs.own_db, abs=1e-9, nan_ok=True)
+
+
+def test_constants_are_not_listed(tmp_path: Path) -> None:
+    """A Constant node's output is the same for every image: it is not a tensor to
+    compare, whether or not the other model kept it as a node."""
+    fp32 = two_outputs(tmp_path / "fp32.onnx")
+    model = onnx.load(str(fp32))
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.input[0] = "shifted"
+    value = numpy_helper.from_array(np.full((1, 4, 1, 1), 0.1, np.float32), "shift")
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(
+        [
+            nodes[0],
+            helper.make_node("Constant", [], ["shift"], value=value),
+            helper.make_node("Add", ["conv", "shift"], ["shifted"]),
+            *nodes[1:],
+        ]
+    )
+    onnx.save(model, str(tmp_path / "with_constant.onnx"))
+    data = images(tmp_path / "images", 2, size=SIZE)
+    result = compare(
+        [tmp_path / "with_constant.onnx", tmp_path / "with_constant.onnx"],
+        dataset=data,
+        host=get_plugin_host(),
+        quiet=True,
+        tensors=True,
+    )
+    assert [t.name for t in result.models[0].tensors] == ["conv", "shifted", "features", "pooled"]
