@@ -384,8 +384,6 @@ def shared_tensors(paths: Sequence[Path]) -> list[tuple[list[TensorDifference], 
         ([], TensorFetch()) for _ in graphs[1:]
     ]
     for node in first.nodes:
-        if node.op_type == "Constant":
-            continue  # a weight or constant, the same for every image
         for name in node.output:
             if not name or not first.is_float(name):
                 continue
