@@ -216,6 +216,46 @@ def test_the_saved_ranges_cover_the_suggestion(mod_b, tmp_path: Path) -> None:
     assert loaded.output_model.read_bytes() == calibrated.output_model.read_bytes()
 
 
+def test_exclude_suggested_writes_the_suggestion(mod_b, tmp_path: Path) -> None:
+    """With exclude_suggested the model written is the one -exn with the suggested
+    nodes gives, byte for byte, and the summary says what was excluded."""
+    _, summary, config = mod_b
+    suggested = summary.diagnosis.suggested
+    applied = dataclasses.replace(
+        config, output_model=tmp_path / "applied.onnx", exclude_suggested=True, save_ranges=None
+    )
+    result = quantize(applied)
+    by_hand = dataclasses.replace(
+        config,
+        output_model=tmp_path / "by_hand.onnx",
+        nodes_to_exclude=suggested,
+        diagnose_samples=0,
+        save_ranges=None,
+    )
+    quantize(by_hand)
+    assert applied.output_model.read_bytes() == by_hand.output_model.read_bytes()
+    assert applied.output_model.read_bytes() != config.output_model.read_bytes()
+    assert result.diagnosis.suggested == suggested
+    assert set(suggested) <= set(result.float_nodes)
+    assert not set(suggested) & set(result.quantized)
+    note = next(n for n in result.notes if n.startswith("exclude-suggested: "))
+    assert f"left {len(suggested)} more node(s) in float, as -exn {','.join(suggested)}" in note
+
+
+def test_exclude_suggested_needs_a_diagnosis(tmp_path: Path) -> None:
+    model = classifier(tmp_path / "tiny.onnx")
+    config = QuantizeConfig(
+        input_model=model,
+        output_model=tmp_path / "out.onnx",
+        calibrate_dataset=images(tmp_path / "calib", 2),
+        exclude_suggested=True,
+        quiet=True,
+    )
+    with pytest.raises(UserError, match="exclude_suggested applies the diagnosis's suggestion"):
+        quantize(config)
+    assert not config.output_model.exists()
+
+
 def test_the_diagnosis_changes_nothing_written(mod_b, tmp_path: Path) -> None:
     _, _, config = mod_b
     plain = dataclasses.replace(config, output_model=tmp_path / "plain.onnx", diagnose_samples=0)
@@ -238,6 +278,15 @@ def test_cli_prints_and_writes_the_diagnosis(tmp_path: Path) -> None:
     assert "(weights)" in result.stdout
     document = json.loads(summary.read_text())["diagnosis"]
     assert document["samples"] == 3
+    # --exclude-suggested runs the diagnosis by itself and says what it excluded.
+    applied = CliRunner().invoke(
+        build_cli(),
+        [*argv[:2], "-o", str(tmp_path / "applied.onnx"), *argv[4:], "--exclude-suggested"],
+        catch_exceptions=False,
+    )
+    assert applied.exit_code == 0, applied.stderr
+    assert "diagnosis on 6 calibration samples" in applied.stdout
+    assert "exclude-suggested: " in applied.stdout
     assert {s["tensor"] for s in document["suspects"]} >= {"conv_w", "gemm_w", "logits"}
 
 

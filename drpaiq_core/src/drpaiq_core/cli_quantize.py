@@ -329,7 +329,8 @@ def build_config(state: AppState, params: dict[str, Any], advanced: list[tuple[s
         load_ranges=Path(params["load_ranges"]) if params["load_ranges"] else None,
         save_ranges=Path(params["save_ranges"]) if params["save_ranges"] else None,
         diagnose_samples=params["diagnose_samples"]
-        or (DIAGNOSE_SAMPLES if params["diagnose"] else 0),
+        or (DIAGNOSE_SAMPLES if params["diagnose"] or params["exclude_suggested"] else 0),
+        exclude_suggested=params["exclude_suggested"],
         quiet=state.quiet,
         tvm=params["tvm"],
         datareader_path=datareader,
@@ -526,6 +527,12 @@ def _activation_type(ctx: click.Context, param: click.Parameter, value: str | No
     type=click.IntRange(min=1),
     default=None,
     help=f"Samples the diagnosis runs (implies --diagnose).  [default: {DIAGNOSE_SAMPLES}]",
+)
+@click.option(
+    "--exclude-suggested",
+    "exclude_suggested",
+    is_flag=True,
+    help="Write the model with the diagnosis's suggested -exn list applied (implies --diagnose).",
 )
 @click.option(
     "--exclude-patterns",

@@ -40,6 +40,9 @@ class QuantizeConfig:
     :ivar diagnose_samples: after planning, run this many calibration samples to find
         where the quantization error comes from (0, the default: no diagnosis); see
         :mod:`drpaiq_core.diagnose`.
+    :ivar exclude_suggested: write the model with the diagnosis's suggested exclusions
+        applied (needs ``diagnose_samples``): the model a run with ``-exn`` and the
+        suggested nodes gives.
     :ivar load_ranges: a ranges file (see :mod:`drpaiq_core.ranges_file`): the tensors it
         names take its ranges and only the others are calibrated.
     :ivar save_ranges: write every range the run used or read to this ranges file.
@@ -73,6 +76,7 @@ class QuantizeConfig:
     debug_dir: Path | None = None
     summary_json: Path | None = None
     diagnose_samples: int = 0
+    exclude_suggested: bool = False
     load_ranges: Path | None = None
     save_ranges: Path | None = None
     quiet: bool = False

@@ -28,9 +28,11 @@ if TYPE_CHECKING:
     import onnx
 
     from drpaiq_core.bias_correction import BiasCorrectionReport
+    from drpaiq_core.diagnose import Diagnosis
     from drpaiq_core.plan import QuantPlan
     from drpaiq_core.plugin_api import Reader, TensorRange
     from drpaiq_core.ranges_file import LoadedRanges
+    from drpaiq_core.select import Selection
 
 log = logging.getLogger("drpaiq")
 
@@ -116,6 +118,11 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         raise UserError(
             f"diagnose_samples is {config.diagnose_samples}; give a number of samples, or 0 "
             "for no diagnosis"
+        )
+    if config.exclude_suggested and not config.diagnose_samples:
+        raise UserError(
+            "exclude_suggested applies the diagnosis's suggestion: give diagnose_samples too "
+            "(the command line's --exclude-suggested runs the diagnosis by itself)"
         )
     # Read now: a bad value fails before any work rather than after calibration.
     bias_correction = option_bool(config.options, "bias_correction", False)
@@ -207,10 +214,12 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         if config.diagnose_samples:
             from drpaiq_core.diagnose import diagnose, tied_nodes
 
-            def replan(nodes: tuple[str, ...]) -> QuantPlan:
-                """The plan with ``nodes`` excluded as well, as ``-exn`` gives it; the
-                tensors its new boundaries need that calibration did not measure are
-                calibrated now."""
+            def exclude(
+                nodes: tuple[str, ...],
+            ) -> tuple[Selection, QuantPlan, BiasCorrectionReport | None]:
+                """The selection and plan with ``nodes`` excluded as well, as ``-exn``
+                gives them; the tensors its new boundaries need that calibration did not
+                measure are calibrated now."""
                 more = dataclasses.replace(rules, node_names=(*rules.node_names, *nodes))
                 with _reported_already():
                     chosen = select(host, graph, more, options)
@@ -223,9 +232,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 ranges = _ranges_of(chosen.range_tensors, known)
                 with _reported_already():
                     replanned = build_plan(chosen, graph, ranges, options)
-                if bias_correction:
-                    correct(replanned)
-                return replanned
+                return chosen, replanned, correct(replanned) if bias_correction else None
 
             diagnosis = diagnose(
                 model,
@@ -233,10 +240,13 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 tied_nodes(selection, graph),
                 data(),
                 config.diagnose_samples,
-                replan=replan,
+                replan=lambda nodes: exclude(nodes)[1],
                 quiet=config.quiet,
                 workdir=workdir,
             )
+            if config.exclude_suggested and diagnosis.suggested:
+                # The model written is the suggestion's: the same as a run with -exn.
+                selection, plan, correction = exclude(diagnosis.suggested)
         quantized = emit(model, plan)
         verify(quantized)
         write_model(quantized, output_path)
@@ -290,11 +300,24 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         summary.notes.append(_loaded_note(loaded, selection.range_tensors, needed))
     if config.save_ranges is not None:
         summary.notes.append(f"ranges of {len(known)} tensor(s) saved to {config.save_ranges}")
+    if config.exclude_suggested and diagnosis is not None:
+        summary.notes.append(_applied_note(diagnosis))
     if correction is not None:
         summary.notes.append(correction.note())
     if config.summary_json is not None:
         write_text(Path(config.summary_json), summary.to_json())
     return summary
+
+
+def _applied_note(diagnosis: Diagnosis) -> str:
+    """What ``exclude_suggested`` did."""
+    if not diagnosis.suggested or diagnosis.suggested_score is None:
+        return "exclude-suggested: the diagnosis found no exclusion worth it; nothing excluded"
+    gain = diagnosis.gain(diagnosis.suggested_score)
+    return (
+        f"exclude-suggested: left {len(diagnosis.suggested)} more node(s) in float, as "
+        f"-exn {','.join(diagnosis.suggested)} ({gain:+.2f} dB on the diagnosis samples)"
+    )
 
 
 def _ranges_of(tensors: list[str], known: dict[str, TensorRange]) -> dict[str, TensorRange]:
