@@ -242,20 +242,6 @@ def test_exclude_suggested_writes_the_suggestion(mod_b, tmp_path: Path) -> None:
     assert f"left {len(suggested)} more node(s) in float, as -exn {','.join(suggested)}" in note
 
 
-def test_exclude_suggested_needs_a_diagnosis(tmp_path: Path) -> None:
-    model = classifier(tmp_path / "tiny.onnx")
-    config = QuantizeConfig(
-        input_model=model,
-        output_model=tmp_path / "out.onnx",
-        calibrate_dataset=images(tmp_path / "calib", 2),
-        exclude_suggested=True,
-        quiet=True,
-    )
-    with pytest.raises(UserError, match="exclude_suggested applies the diagnosis's suggestion"):
-        quantize(config)
-    assert not config.output_model.exists()
-
-
 def test_the_diagnosis_changes_nothing_written(mod_b, tmp_path: Path) -> None:
     _, _, config = mod_b
     plain = dataclasses.replace(config, output_model=tmp_path / "plain.onnx", diagnose_samples=0)
@@ -304,16 +290,25 @@ def test_a_zero_sample_count_is_one_line(
     assert len(lines) == 1 and "--diagnose-samples" in lines[0], lines
 
 
-def test_a_negative_sample_count_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"diagnose_samples": -1}, "diagnose_samples is -1"),
+        ({"exclude_suggested": True}, "exclude_suggested applies the diagnosis's suggestion"),
+    ],
+)
+def test_a_diagnosis_setting_the_run_cannot_follow_is_refused(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
     model = classifier(tmp_path / "tiny.onnx")
     config = QuantizeConfig(
         input_model=model,
         output_model=tmp_path / "out.onnx",
         calibrate_dataset=images(tmp_path / "calib", 2),
-        diagnose_samples=-1,
         quiet=True,
     )
-    with pytest.raises(UserError, match="diagnose_samples is -1"):
+    config = dataclasses.replace(config, **changes)
+    with pytest.raises(UserError, match=message):
         quantize(config)
     assert not config.output_model.exists()
 
