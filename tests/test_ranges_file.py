@@ -168,6 +168,12 @@ def test_a_file_for_another_model_or_method_warns(
     text = caplog.text
     assert "saved for another model file" in text
     assert "holds minmax ranges; entropy measures only the tensors it lacks" in text
+    assert "asymmetric activations" not in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="drpaiq"):
+        quantize(_config(tmp_path, "symmetric", load_ranges=ranges_path, activation_symmetric=True))
+    assert "was calibrated for asymmetric activations" in caplog.text
+    assert "another model file" not in caplog.text
 
 
 def _bad(ranges: object) -> str:
