@@ -103,6 +103,7 @@ def test_a_fixed_batch_size_sees_every_image(tmp_path: Path) -> None:
         dataset=data,
         host=get_plugin_host(),
         quiet=True,
+        tensors=True,
     )
     fixed = compare(
         [
@@ -112,10 +113,16 @@ def test_a_fixed_batch_size_sees_every_image(tmp_path: Path) -> None:
         dataset=data,
         host=get_plugin_host(),
         quiet=True,
+        tensors=True,
     )
     assert fixed.images == dynamic.images == 7
     for mine, theirs in zip(fixed.models[0].outputs, dynamic.models[0].outputs):
         assert mine.sqnr_db == pytest.approx(theirs.sqnr_db, abs=1e-6)
+    # So do the tensors, read from copies that run a batch of 3 at a time too.
+    assert [t.name for t in fixed.models[0].tensors] == ["conv", "features", "pooled"]
+    for mine, theirs in zip(fixed.models[0].tensors, dynamic.models[0].tensors):
+        assert mine.sqnr_db == pytest.approx(theirs.sqnr_db, abs=1e-6)
+        assert mine.max_abs == pytest.approx(theirs.max_abs, rel=1e-6)
 
 
 def test_mistakes(tmp_path: Path) -> None:

@@ -475,8 +475,10 @@ def _fold_tensors(
 
     count = in_order[0].shape[0] if in_order and np.ndim(in_order[0]) else 1
     wanted = [bases, *(f.names() for f in fetch)]
-    for start in range(0, count, _TENSOR_CHUNK):
-        chunk = [value[start : start + _TENSOR_CHUNK] for value in in_order]
+    # A model with a fixed batch size runs that many samples whatever it is given.
+    step = max((size for size in fixed if size), default=_TENSOR_CHUNK)
+    for start in range(0, count, step):
+        chunk = [value[start : start + step] for value in in_order]
         values = []
         for path, spec, session, names, size in zip(paths, specs, sessions, wanted, fixed):
             feeds = {s.name: value for s, value in zip(spec, chunk)}
