@@ -231,6 +231,17 @@ def test_cli_flags_and_their_mistakes(saved: tuple[Path, Path, dict], tmp_path: 
     count = len(json.loads(copy.read_text())["ranges"])
     assert f"ranges of {count} tensor(s) saved to {copy}" in result.output
 
+    # The advanced-option spelling, after all other options, is the same as the flag.
+    keyed = tmp_path / "keyed.onnx"
+    result = runner.invoke(build_cli(), [*base, "-o", str(keyed), "load_ranges", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert keyed.read_bytes() == out.read_bytes()
+    result = runner.invoke(
+        build_cli(),
+        [*base, "-o", str(keyed), "--load-ranges", str(copy), "load_ranges", str(ranges_path)],
+    )
+    assert result.exit_code == 2 and "contradicts --load-ranges" in result.output
+
     for extra, message in [
         (["--load-ranges", str(tmp_path / "none.json")], "does not exist"),
         (["--save-ranges", str(out)], "is also the output model"),

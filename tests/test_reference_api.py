@@ -245,6 +245,28 @@ def test_quantize_interface_with_a_folder_instead_of_a_reader(workdir):
     assert quantize_linear_count(workdir / "q.onnx") > 0
 
 
+def test_ranges_through_the_advanced_options(workdir):
+    """save_ranges / load_ranges work as keyword arguments of the reference API, as
+    their flags do: the second run needs no calibration data and writes the same model."""
+    settings = {"norm_mean": [0.5] * 3, "norm_std": [0.25] * 3, "quiet": True}
+    quantize_interface(
+        "modA_resnet18.onnx",
+        "first.onnx",
+        calibrate_dataset="calibrate_images",
+        save_ranges="ranges.json",
+        **settings,
+    )
+    assert json.loads((workdir / "ranges.json").read_text())["ranges"]
+    quantize_interface(
+        "modA_resnet18.onnx",
+        "second.onnx",
+        calibrate_dataset="no such folder",
+        load_ranges="ranges.json",
+        **settings,
+    )
+    assert (workdir / "second.onnx").read_bytes() == (workdir / "first.onnx").read_bytes()
+
+
 def test_a_class_instead_of_an_instance(workdir):
     with pytest.raises(UserError, match="is a class; pass an instance"):
         quantize_interface("modA_resnet18.onnx", "q.onnx", NCHWDataReader)

@@ -357,6 +357,8 @@ def _flags_given(params: dict[str, Any]) -> dict[str, str]:
         "activation_symmetric": ("activation_symmetric", "--activation-symmetric"),
         "per_channel": ("per_tensor", "--per-tensor"),
         "debug_dir": ("debug_dir", "--debug-dir"),
+        "load_ranges": ("load_ranges", "--load-ranges"),
+        "save_ranges": ("save_ranges", "--save-ranges"),
     }
     return {field: flag for field, (param, flag) in flags.items() if params[param]}
 

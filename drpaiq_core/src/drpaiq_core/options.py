@@ -125,6 +125,18 @@ ADVANCED_OPTIONS: tuple[AdvancedOption, ...] = (
         "the calibration data (default False; about one extra pass per layer depth)",
     ),
     AdvancedOption(
+        "load_ranges",
+        "path",
+        "ranges file whose tensors take its ranges; only the others are calibrated",
+        field="load_ranges",
+    ),
+    AdvancedOption(
+        "save_ranges",
+        "path",
+        "ranges file to write every range of the run to (for load_ranges)",
+        field="save_ranges",
+    ),
+    AdvancedOption(
         "bias_correction_samples",
         "int",
         "calibration samples bias correction measures the means on, spread over the data "
