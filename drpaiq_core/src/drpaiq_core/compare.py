@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drpaiq_core.errors import UserError
+from drpaiq_core.errors import UserError, first_line
 from drpaiq_core.plugin_api import ReaderContext
 from drpaiq_core.progress import Counter
 
@@ -330,7 +330,7 @@ def compare(
                     _fold(entry, first, other, difference.model, "output")
             if bases:
                 _fold_tensors(
-                    result.models, paths, inputs, tensor_sessions, bases, fetch, fixed, in_order
+                    result.models, paths, inputs, tensor_sessions, wanted, fetch, fixed, in_order
                 )
             count = in_order[0].shape[0] if in_order and np.ndim(in_order[0]) else 1
             result.images += count
@@ -453,7 +453,7 @@ def tensor_session(path: Path, names: Sequence[str]) -> Any:
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(
             f"ONNX Runtime cannot run model {path} with its tensors as outputs: {first}; "
             "compare it without --tensors"
@@ -465,16 +465,17 @@ def _fold_tensors(
     paths: Sequence[Path],
     specs: Sequence[Sequence[Any]],
     sessions: Sequence[Any],
-    bases: list[str],
+    wanted: Sequence[list[str]],
     fetch: Sequence[TensorFetch],
     fixed: Sequence[int | None],
     in_order: list[np.ndarray],
 ) -> None:
-    """Fold one batch's shared tensors into ``models``, a few samples at a time."""
+    """Fold one batch's shared tensors into ``models``, a few samples at a time;
+    ``wanted`` holds the tensors each model's copy outputs (the first's, then the
+    others')."""
     from drpaiq_core.evaluate import run_batched
 
     count = in_order[0].shape[0] if in_order and np.ndim(in_order[0]) else 1
-    wanted = [bases, *(f.names() for f in fetch)]
     # A model with a fixed batch size runs that many samples whatever it is given.
     step = max((size for size in fixed if size), default=_TENSOR_CHUNK)
     for start in range(0, count, step):

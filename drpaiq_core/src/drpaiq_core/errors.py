@@ -16,3 +16,10 @@ class UserError(Exception):
 class PluginError(UserError):
     """A plugin set-up problem the user must resolve (a name claimed twice, an unknown
     name)."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its
+    type's name when it has none: how a library's failure is quoted in one error line."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

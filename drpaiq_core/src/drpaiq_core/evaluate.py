@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drpaiq_core.errors import UserError
+from drpaiq_core.errors import UserError, first_line
 from drpaiq_core.plugin_api import InputSpec, ReaderContext
 from drpaiq_core.progress import Counter
 
@@ -299,7 +299,7 @@ def open_session(path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"ONNX Runtime cannot run model {path}: {first}") from None
 
 
@@ -439,7 +439,7 @@ def _run(
     try:
         return [np.asarray(value) for value in session.run(names, feeds)]
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise UserError(
             f"model {model}: ONNX Runtime failed on the evaluation images: {first}; check "
             "the layout (--nchw/--nhwc) and --input-shape"

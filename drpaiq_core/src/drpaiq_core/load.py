@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from drpaiq_core.errors import UserError
+from drpaiq_core.errors import UserError, first_line
 from drpaiq_core.plugin_api import InputSpec
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"model {model_path} is not a valid ONNX model: {first}") from None
     _check_finite_weights(model, model_path)
     return model
@@ -136,7 +136,7 @@ def _check_finite_weights(model: onnx.ModelProto, model_path: Path) -> None:
         try:
             values = numpy_helper.to_array(init)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UserError(
                 f"model {model_path}: weight {init.name!r} does not match its shape "
                 f"{list(init.dims)} and type ({first}); the file is damaged, re-export it"

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from drpaiq_core.errors import UserError
+from drpaiq_core.errors import UserError, first_line
 
 
 def check_parameters(model: onnx.ModelProto) -> None:
@@ -45,7 +45,7 @@ def verify(model: onnx.ModelProto) -> None:
     try:
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(
             f"internal check failed: ONNX Runtime cannot load the quantized model: {first}"
         ) from None
