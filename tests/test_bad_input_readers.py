@@ -192,6 +192,36 @@ def test_a_second_model(work):
     untouched(work)
 
 
+def test_the_model_given_both_ways(work):
+    """The same path as MODEL and --input_model_path is one model; two different paths
+    are named as two models, not taken for an advanced option."""
+    ok = quantize(
+        "m.onnx",
+        "--input_model_path",
+        "m.onnx",
+        "-o",
+        "new.onnx",
+        "--calibrate_dataset",
+        "cal",
+        *NORM,
+    )
+    assert ok.exit_code == 0, ok.stderr
+    assert (work / "new.onnx").is_file()
+    (work / "other.onnx").write_bytes((work / "m.onnx").read_bytes())
+    line = fails(quantize("other.onnx", "--input_model_path", "m.onnx", "-o", "out.onnx", *NORM))
+    assert "two models given: other.onnx and --input_model_path m.onnx" in line
+    untouched(work)
+
+
+def test_unexpected_word_lists_plugin_options_too(work):
+    """After --input_model_path a bare word is an advanced key; the error lists the
+    plugins' keys (the Entropy calibrator's entropy_max_clip) beside the core's."""
+    line = fails(quantize("--input_model_path", "m.onnx", "-o", "out.onnx", *NORM, "bogus"))
+    assert "unexpected argument 'bogus'" in line
+    assert "num_bins" in line and "entropy_max_clip" in line
+    untouched(work)
+
+
 def test_advanced_option_without_value(work):
     fails(quantize("m.onnx", "-o", "out.onnx", *NORM, "num_bins"), "num_bins needs a value")
     untouched(work)

@@ -28,6 +28,7 @@ import click
 from drpaiq_core.cli import AppState
 from drpaiq_core.errors import UserError
 from drpaiq_core.options import (
+    all_option_names,
     apply_advanced,
     calibrator_name,
     find_option,
@@ -131,14 +132,14 @@ class ReferenceCommand(click.Command):
                 advanced.append((word, positional[i + 1]))
                 i += 2
                 continue
-            if self.accepts_advanced and self._max_positional(rewritten) <= len(kept):
+            if self.accepts_advanced and not self._takes_word(word, rewritten, kept):
                 # Not a core option and no argument slot left: a plugin's option, or a
                 # mistake that the option check reports with the known names.
                 if i + 1 >= len(positional):
                     raise UserError(
                         f"unexpected argument {word!r}: the model is given once, and advanced "
                         "options come as KEY VALUE pairs after all options (known keys: "
-                        f"{', '.join(known_option_names())})"
+                        f"{', '.join(_known_keys(ctx))})"
                     )
                 advanced.append((word, positional[i + 1]))
                 i += 2
@@ -147,6 +148,12 @@ class ReferenceCommand(click.Command):
             i += 1
         ctx.meta[ADVANCED_META] = advanced
         return super().parse_args(ctx, [*rewritten, "--", *kept] if kept else rewritten)
+
+    def _takes_word(self, word: str, options: list[str], kept: list[str]) -> bool:
+        """Whether the positional ``word`` is one of the command's arguments (after
+        ``kept``), given the options on the command line (``options``); if not, it is
+        an advanced option's key."""
+        return self._max_positional(options) > len(kept)
 
     def _max_positional(self, options: list[str]) -> int:
         """How many positional words the command's arguments take, given the options
@@ -215,15 +222,26 @@ class ReferenceCommand(click.Command):
 
 
 class QuantizeCommand(ReferenceCommand):
-    """``drpaiq quantize``'s parser: ``-pmo`` may come without a value, and MODEL takes
-    no positional word when ``--input_model_path`` is given."""
+    """``drpaiq quantize``'s parser: ``-pmo`` may come without a value, and when
+    ``--input_model_path`` is given, MODEL takes a positional word only if it names an
+    ``.onnx`` file (the model given twice, which :func:`build_config` then checks);
+    the reference form's other positional words are advanced options."""
 
     optional_value = ("--preprocessed_model_output",)
 
-    def _max_positional(self, options: list[str]) -> int:
-        if any(word.split("=", 1)[0] == "--input_model_path" for word in options):
-            return 0
-        return super()._max_positional(options)
+    def _takes_word(self, word: str, options: list[str], kept: list[str]) -> bool:
+        if any(opt.split("=", 1)[0] == "--input_model_path" for opt in options):
+            return not kept and word.lower().endswith(".onnx")
+        return super()._takes_word(word, options, kept)
+
+
+def _known_keys(ctx: click.Context) -> list[str]:
+    """The advanced option names, the installed plugins' included when the command
+    runs under the ``drpaiq`` group (which holds the plugin host)."""
+    state = ctx.find_object(AppState)
+    if state is None:
+        return known_option_names()
+    return all_option_names(plugin_options(state.host))
 
 
 def _existing_file(path: Path, what: str, flag: str) -> Path:

@@ -198,8 +198,13 @@ def get_option(key: str, extra: Mapping[str, str] | None = None) -> AdvancedOpti
     for name, text in (extra or {}).items():
         if _norm_key(name) == _norm_key(key):
             return AdvancedOption(name, "plugin", text)
-    names = known_option_names() + sorted(n for n in (extra or {}) if find_option(n) is None)
-    raise UnknownOptionError(key, names)
+    raise UnknownOptionError(key, all_option_names(extra))
+
+
+def all_option_names(extra: Mapping[str, str] | None = None) -> list[str]:
+    """The core's advanced option names, then those in ``extra`` (plugin options) that
+    are not the core's, sorted."""
+    return known_option_names() + sorted(n for n in (extra or {}) if find_option(n) is None)
 
 
 _TRUE = {"true", "1", "yes", "on"}
