@@ -329,6 +329,12 @@ def test_output_external_data_goes_next_to_the_output(work, monkeypatch):
     np.testing.assert_array_equal(external[0], inline[0])
     # The model with its data loads from anywhere: the location is relative to it.
     onnx.checker.check_model(onnx.load(str(work / "result" / "q.onnx")))
+    # Into the current folder too (onnx checks its location relative to that folder,
+    # where the reserved temporary data file once made it refuse to write).
+    outcome = run_inprocess([*q(model="wide.onnx")[:4], "here.onnx", *q()[5:]])
+    assert outcome.code == 0, outcome.stderr
+    assert (work / "here.onnx.data").is_file()
+    np.testing.assert_array_equal(run_model(work / "here.onnx", feed)[0], inline[0])
 
 
 # -- point 2: atomic writes, file modes, unwritable destinations --------------------------

@@ -163,27 +163,45 @@ def publish_folder(staging: Path, target: Path) -> None:
         copy_file(source, destination)
 
 
-def write_model(model: onnx.ModelProto, target: Path) -> None:
+def write_model(
+    model: onnx.ModelProto,
+    target: Path,
+    *,
+    external_data: str | None = None,
+    size_threshold: int = 1024,
+) -> None:
     """Serialize ``model`` to ``target`` atomically; large models get their weights in
-    ``<target name>.data`` beside it (also written atomically, before the model)."""
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+    ``<target name>.data`` beside it (also written atomically, before the model).
+
+    :param external_data: write the weights of ``size_threshold`` bytes or more to this
+        file beside ``target`` whatever the model's size (a file name, not a path).
+    :param size_threshold: see ``external_data``.
+    """
+    if external_data is None and model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
         write_bytes(target, model.SerializeToString(deterministic=True))
         return
     import onnx
     from onnx.external_data_helper import convert_model_to_external_data
 
-    data_name = f"{target.name}.data"
+    data_name = external_data or f"{target.name}.data"
+    threshold = size_threshold if external_data is not None else 1024
     data_target = target.parent / data_name
     with atomic_path(data_target) as tmp_data:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        convert_model_to_external_data(copy, all_tensors_to_one_file=True, location=tmp_data.name)
+        # onnx refuses a location that exists, and checks it relative to the current
+        # folder: the reserved temporary file must go while onnx writes it anew.
+        tmp_data.unlink()
+        convert_model_to_external_data(
+            copy, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=threshold
+        )
         staging = tmp_data.parent / f".{target.name}.staging.onnx"
         try:
             onnx.save_model(copy, str(staging))
         finally:
             with contextlib.suppress(OSError):
                 staging.unlink()
+        tmp_data.touch()  # no tensor over the threshold: an empty data file
     for tensor in _external_tensors(copy):
         for entry in tensor.external_data:
             if entry.key == "location":
