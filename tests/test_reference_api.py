@@ -277,6 +277,42 @@ def test_do_preprocess_skip_copies_the_model(workdir):
     assert onnx.load(str(out)).graph == onnx.load("modA_resnet18.onnx").graph
 
 
+def test_do_preprocess_external_data_arguments(workdir):
+    """quant_pre_process's external-data keywords: the weights go into one file beside
+    the model (named by external_data_location, or <model>.data), the model runs the
+    same, and a location with a folder in it is refused."""
+    classifier(workdir / "wide.onnx", classes=300)  # weights over the 1 KiB threshold
+    inline = do_preprocess("wide.onnx", "inline.onnx")
+    out = do_preprocess(
+        "wide.onnx",
+        "ext.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        external_data_location="ext_weights.bin",
+    )
+    shell = onnx.load(str(out), load_external_data=False)
+    locations = {
+        e.value for t in shell.graph.initializer for e in t.external_data if e.key == "location"
+    }
+    assert locations == {"ext_weights.bin"}
+    assert (workdir / "ext_weights.bin").stat().st_size > 1200
+    assert out.stat().st_size < inline.stat().st_size
+    feed = np.random.default_rng(0).normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
+
+    def run(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+    np.testing.assert_array_equal(run(out), run(inline))
+    do_preprocess("wide.onnx", "default.onnx", skip_preprocess=True, save_as_external_data=True)
+    assert (workdir / "default.onnx.data").is_file()
+    with pytest.raises(UserError, match="is a path; give a file name"):
+        do_preprocess(
+            "wide.onnx", "p.onnx", save_as_external_data=True, external_data_location="sub/w.bin"
+        )
+    assert not (workdir / "p.onnx").exists()
+
+
 def test_do_preprocess_refuses_unknown_arguments_and_modes(workdir):
     with pytest.raises(UserError, match="known extra arguments: auto_merge"):
         do_preprocess("modA_resnet18.onnx", "p.onnx", fancy=True)

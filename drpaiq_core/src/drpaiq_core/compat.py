@@ -141,7 +141,9 @@ def do_preprocess(
     :param verbose: verbosity of symbolic shape inference.
     :param preprocess_mode: ``"default"`` (post-training quantization).
     :param kwargs: ``auto_merge``, ``int_max``, ``guess_output_rank`` for
-        ``quant_pre_process``; other keys are an error.
+        ``quant_pre_process``; ``save_as_external_data``, ``all_tensors_to_one_file``,
+        ``external_data_location`` and ``external_data_size_threshold`` as there (the
+        weights go into one file beside the model); other keys are an error.
     :returns: the path of the written model.
     :raises UserError: the input is not a model drpaiq can read (as in
         :func:`~drpaiq_core.load.load_model`), "Pre-processing before quantization was
@@ -152,14 +154,16 @@ def do_preprocess(
     from drpaiq_core.preprocess import PASS_THROUGH, check_mode, preprocess_model
 
     check_mode(preprocess_mode)
-    unknown = sorted(set(kwargs) - set(PASS_THROUGH))
+    unknown = sorted(set(kwargs) - set(PASS_THROUGH) - set(EXTERNAL_DATA_ARGUMENTS))
     if unknown:
         raise UserError(
             f"do_preprocess got unknown argument(s) {', '.join(unknown)}; known extra "
-            f"arguments: {', '.join(PASS_THROUGH)}"
+            f"arguments: {', '.join((*PASS_THROUGH, *EXTERNAL_DATA_ARGUMENTS))}"
         )
     source = _required_path(input_model_path, "input_model_path")
     target = _required_path(preprocessed_model_output, "preprocessed_model_output")
+    external = _external_data(kwargs, target)
+    kwargs = {key: value for key, value in kwargs.items() if key in PASS_THROUGH}
     steps = {
         "symbolic_shape_inference": parse_bool(
             do_symbolic_shape_inference, "do_symbolic_shape_inference"
@@ -175,11 +179,54 @@ def do_preprocess(
         from drpaiq_core.write import check_output_path, write_model
 
         check_output_path(target, (source,))
-        write_model(model, target)
+        if external is None:
+            write_model(model, target)
+        else:
+            write_model(model, target, external_data=external[0], size_threshold=external[1])
         return target
     return preprocess_model(
-        source, target, **steps, mode=preprocess_mode, verbose=verbosity, extra=kwargs
+        source,
+        target,
+        **steps,
+        mode=preprocess_mode,
+        verbose=verbosity,
+        extra=kwargs,
+        external_data=external,
     )
+
+
+#: ``quant_pre_process``'s external-data arguments, which ``do_preprocess`` accepts.
+EXTERNAL_DATA_ARGUMENTS = (
+    "save_as_external_data",
+    "all_tensors_to_one_file",
+    "external_data_location",
+    "external_data_size_threshold",
+)
+
+
+def _external_data(kwargs: dict[str, Any], target: Path) -> tuple[str, int] | None:
+    """``(data file name, size threshold)`` when ``save_as_external_data`` asks for the
+    weights in a file beside the model, else None. drpaiq writes them into one file
+    (``all_tensors_to_one_file`` is accepted either way): ``external_data_location``
+    when it names a file, else ``<model file name>.data``."""
+    if not parse_bool(kwargs.get("save_as_external_data", False), "save_as_external_data"):
+        return None
+    parse_bool(kwargs.get("all_tensors_to_one_file", True), "all_tensors_to_one_file")
+    threshold = parse_count(
+        kwargs.get("external_data_size_threshold", 1024),
+        "external_data_size_threshold",
+        minimum=0,
+        meaning="bytes",
+    )
+    location = Path(str(kwargs.get("external_data_location", "") or "."))
+    if str(location) == ".":  # ONNX Runtime's default "./": beside the model
+        return (f"{target.name}.data", threshold)
+    if location.parent != Path("."):
+        raise UserError(
+            f"external_data_location {str(location)!r} is a path; give a file name (it is "
+            f"written beside {target})"
+        )
+    return (location.name, threshold)
 
 
 # ---------------------------------------------------------------------------

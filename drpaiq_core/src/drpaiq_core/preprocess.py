@@ -81,6 +81,7 @@ def preprocess_model(
     mode: str = "default",
     verbose: int = 0,
     extra: dict[str, Any] | None = None,
+    external_data: tuple[str, int] | None = None,
 ) -> Path:
     """Pre-process ``input_path`` into ``output_path`` and return ``output_path``.
 
@@ -91,6 +92,9 @@ def preprocess_model(
     :param verbose: ONNX Runtime's verbosity for symbolic shape inference (0 = quiet).
     :param extra: further ``quant_pre_process`` arguments (``auto_merge``, ``int_max``,
         ``guess_output_rank``).
+    :param external_data: ``(file name, size threshold)``: write the weights of that
+        size or more into that file beside ``output_path`` (see
+        :func:`~drpaiq_core.write.write_model`).
     :raises UserError: the step failed ("Pre-processing before quantization was
         Failed. ..."), or the paths are wrong.
     """
@@ -138,7 +142,11 @@ def preprocess_model(
         except Exception as exc:
             raise _failure(exc) from None
         _drop_unused_domains(model, _declared_domains(input_path))
-        write_model(model, output_path)
+        if external_data is None:
+            write_model(model, output_path)
+        else:
+            name, threshold = external_data
+            write_model(model, output_path, external_data=name, size_threshold=threshold)
     return output_path
 
 
