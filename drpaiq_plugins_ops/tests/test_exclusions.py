@@ -338,6 +338,17 @@ def test_crlf_bom_comments_and_blank_lines(tmp_path, yolo) -> None:
     }
 
 
+def test_spreadsheet_csv_padding_and_quotes(tmp_path, yolo) -> None:
+    """As a spreadsheet program saves the reference example: rows padded with empty
+    fields to the longest row, fields quoted, an empty row of commas."""
+    text = '"Softplus","Tanh","^Mul",,\r\n,,,,\r\nMish,,,,\r\n'
+    path = _csv(tmp_path, text)
+    assert _patterns(yolo, path) == {
+        "rules.csv:1 '\"Softplus\",\"Tanh\",\"^Mul\",,'": ["sp1", "th1"],
+        "rules.csv:3 'Mish,,,,'": ["mish_op"],
+    }
+
+
 def test_pattern_file_from_the_advanced_option(tmp_path, yolo) -> None:
     path = _csv(tmp_path, "Mish\n", name="act.csv")
     rules = ExclusionRules(options={"exclude_act_func_dir": str(path)})
@@ -365,7 +376,7 @@ def test_custom_domain_op_of_the_model_is_known(tmp_path) -> None:
     ("text", "line", "fragment"),
     [
         ("Mish\nExp,,Log\n", 2, "op 2 of 'Exp,,Log' is empty"),
-        ("Softplus, Tanh,\n", 1, "op 3 of 'Softplus, Tanh,' is empty"),
+        (",Softplus, Tanh\n", 1, "op 1 of ',Softplus, Tanh' is empty"),
         ("# c\n\nExp, 3x, Log\n", 3, "'3x' in 'Exp, 3x, Log' is not an op type name"),
         ("Mish\nSoftplus Tanh\n", 2, "'Softplus Tanh'"),
         ("Softplus, ^, Mul\n", 1, "'^' without an op type"),

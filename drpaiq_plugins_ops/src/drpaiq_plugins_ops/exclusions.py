@@ -16,6 +16,7 @@ The module is imported when plugins register, so it imports onnx only inside fun
 
 from __future__ import annotations
 
+import csv
 import difflib
 import functools
 import re
@@ -271,6 +272,8 @@ def read_pattern_file(path: Path | str, extra_op_types: Iterable[str] = ()) -> l
         if not stripped or stripped.startswith("#"):
             continue
         steps = _parse_line(stripped, f"{where}:{number}")
+        if not steps:  # a spreadsheet's empty row: only commas
+            continue
         for step in steps:
             key = step.op_type.lower()
             if key not in known and key not in extra:
@@ -289,9 +292,16 @@ def read_pattern_file(path: Path | str, extra_op_types: Iterable[str] = ()) -> l
 
 
 def _parse_line(line: str, where: str) -> tuple[PatternStep, ...]:
-    """The steps of one non-blank, non-comment line; ``where`` is ``file:line``."""
+    """The steps of one non-blank, non-comment line; ``where`` is ``file:line``.
+
+    Read as a CSV record, as spreadsheet programs write the file: a field may be
+    quoted, and the empty fields they add to fill a row out to the longest row's
+    length are dropped (an empty field between two op types is an error)."""
+    fields = next(csv.reader([line], skipinitialspace=True), [])
+    while fields and not fields[-1].strip():
+        fields.pop()
     steps: list[PatternStep] = []
-    for position, item in enumerate(line.split(","), start=1):
+    for position, item in enumerate(fields, start=1):
         item = item.strip()
         quantized = item.startswith("^")
         op_type = item[1:].strip() if quantized else item
@@ -312,7 +322,7 @@ def _parse_line(line: str, where: str) -> tuple[PatternStep, ...]:
                 f" and _ only); separate op types by commas, e.g. 'Softplus, Tanh, ^Mul'"
             )
         steps.append(PatternStep(op_type=op_type, quantized=quantized))
-    if all(step.quantized for step in steps):
+    if steps and all(step.quantized for step in steps):
         raise UserError(
             f"{where}: every op of {line!r} is marked '^' (quantized), so the line excludes"
             f" nothing; remove '^' from the ops to leave in float"
