@@ -21,6 +21,7 @@ import click
 from drpaiq_core import __version__
 from drpaiq_core.errors import UserError
 from drpaiq_core.plugins import PluginHost, get_plugin_host
+from drpaiq_core.progress import DETAIL
 from drpaiq_core.write import reset_written, written_files
 
 log = logging.getLogger("drpaiq")
@@ -42,9 +43,16 @@ class AppState:
 
 class _OneLineHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno >= logging.WARNING else "info"
         if record.levelno >= logging.ERROR:
             level = "error"
+        elif record.levelno >= logging.WARNING:
+            level = "warning"
+        elif record.levelno >= logging.INFO:
+            level = "info"
+        elif record.levelno >= DETAIL:
+            level = "detail"
+        else:
+            level = "debug"
         line = f"drpaiq: {level}: {record.getMessage()}"
         if "tqdm" in sys.modules:
             # Print above an active progress bar instead of through it.
@@ -56,7 +64,8 @@ class _OneLineHandler(logging.Handler):
 
 
 def configure_logging(quiet: bool, verbose: int) -> None:
-    """Warnings always reach stderr; info lines unless ``--quiet``; debug with ``-vv``."""
+    """Warnings always reach stderr; info lines unless ``--quiet``; each stage's time
+    with ``-v``; debug lines with ``-vv``."""
     logger = logging.getLogger("drpaiq")
     logger.handlers[:] = [_OneLineHandler()]
     logger.propagate = False
@@ -64,6 +73,8 @@ def configure_logging(quiet: bool, verbose: int) -> None:
         logger.setLevel(logging.WARNING)
     elif verbose >= 2:
         logger.setLevel(logging.DEBUG)
+    elif verbose == 1:
+        logger.setLevel(DETAIL)
     else:
         logger.setLevel(logging.INFO)
 
@@ -122,7 +133,7 @@ def build_cli(host: PluginHost | None = None) -> click.Group:
         help="Data reader plugin for calibration/evaluation (e.g. nchw_image, nhwc_image).",
     )
     @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info lines.")
-    @click.option("--verbose", "-v", count=True, help="More detail; repeat for debug output.")
+    @click.option("--verbose", "-v", count=True, help="Each stage's time; -vv adds debug lines.")
     @click.version_option(__version__, prog_name="drpaiq")
     @click.pass_context
     def cli(ctx: click.Context, reader: str | None, quiet: bool, verbose: int) -> None:

@@ -22,6 +22,7 @@ from drpaiq_core.errors import UserError
 from drpaiq_core.options import apply_advanced, option_bool, parse_advanced, plugin_options
 from drpaiq_core.plugin_api import ExclusionRules, QuantOptions
 from drpaiq_core.plugins import PluginHost, get_plugin_host
+from drpaiq_core.progress import timed
 from drpaiq_core.summary import Summary
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     if debug_dir is not None and debug_dir.exists() and not debug_dir.is_dir():
         raise UserError(f"debug folder {debug_dir} is a file; give a folder path")
 
-    original = load_model(input_path)
+    with timed("load"):
+        original = load_model(input_path)
     opset_before = default_opset(original)
 
     @functools.cache
@@ -159,11 +161,13 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         data()
     with tempfile.TemporaryDirectory(prefix="drpaiq-") as workdir_name:
         workdir = Path(workdir_name)
-        model, preprocessed = _preprocessed(config, input_path, original, workdir)
-        model = prepare(model, per_channel=options.per_channel)
-        model = _with_shapes(model)
-        graph = ModelGraph(model)
-        selection = select(host, graph, rules, options)
+        with timed("pre-process"):
+            model, preprocessed = _preprocessed(config, input_path, original, workdir)
+            model = prepare(model, per_channel=options.per_channel)
+            model = _with_shapes(model)
+        with timed("select"):
+            graph = ModelGraph(model)
+            selection = select(host, graph, rules, options)
         known: dict[str, TensorRange] = {}
         if loaded is not None:
             loaded.check_names(graph)
@@ -179,16 +183,17 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 f"is no debug output for {debug_dir}; calibrate without --load-ranges to get it"
             )
         if needed or loaded is None:
-            result = calibrate(
-                model,
-                needed,
-                data(),
-                calibrator,
-                quiet=config.quiet,
-                # Staged: published below only once the whole run has succeeded.
-                debug_dir=None if debug_dir is None else workdir / "debug",
-                workdir=workdir,
-            )
+            with timed("calibrate"):
+                result = calibrate(
+                    model,
+                    needed,
+                    data(),
+                    calibrator,
+                    quiet=config.quiet,
+                    # Staged: published below only once the whole run has succeeded.
+                    debug_dir=None if debug_dir is None else workdir / "debug",
+                    workdir=workdir,
+                )
             known.update(result.ranges)
             if result.samples < FEW_SAMPLES:
                 log.warning(
@@ -196,8 +201,10 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                     f"{FEW_SAMPLES} rarely hold for real data; calibrate on 100 to 1000 images "
                     "like those the model will see"
                 )
-        graph = ModelGraph(model, observed_shapes=result.shapes if result else None)
-        plan = build_plan(selection, graph, _ranges_of(selection.range_tensors, known), options)
+        with timed("plan"):
+            graph = ModelGraph(model, observed_shapes=result.shapes if result else None)
+            ranges = _ranges_of(selection.range_tensors, known)
+            plan = build_plan(selection, graph, ranges, options)
 
         def correct(target: QuantPlan) -> BiasCorrectionReport:
             return correct_biases(
@@ -209,7 +216,10 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 workdir=workdir,
             )
 
-        correction = correct(plan) if bias_correction else None
+        correction = None
+        if bias_correction:
+            with timed("bias correction"):
+                correction = correct(plan)
         diagnosis = None
         if config.diagnose_samples:
             from drpaiq_core.diagnose import diagnose, tied_nodes
@@ -234,26 +244,31 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                     replanned = build_plan(chosen, graph, ranges, options)
                 return chosen, replanned, correct(replanned) if bias_correction else None
 
-            diagnosis = diagnose(
-                model,
-                plan,
-                tied_nodes(selection, graph),
-                data(),
-                config.diagnose_samples,
-                replan=lambda nodes: exclude(nodes)[1],
-                quiet=config.quiet,
-                workdir=workdir,
-            )
+            with timed("diagnose"):
+                diagnosis = diagnose(
+                    model,
+                    plan,
+                    tied_nodes(selection, graph),
+                    data(),
+                    config.diagnose_samples,
+                    replan=lambda nodes: exclude(nodes)[1],
+                    quiet=config.quiet,
+                    workdir=workdir,
+                )
             if config.exclude_suggested and diagnosis.suggested:
                 # The model written is the suggestion's: the same as a run with -exn.
                 selection, plan, correction = exclude(diagnosis.suggested)
-        quantized = emit(model, plan)
-        verify(quantized)
-        write_model(quantized, output_path)
+        with timed("emit and verify"):
+            quantized = emit(model, plan)
+            verify(quantized)
+        with timed("write"):
+            write_model(quantized, output_path)
         if preprocessed is not None and config.preprocessed_model_output is not None:
             _publish_preprocessed(preprocessed, Path(config.preprocessed_model_output))
         if debug_dir is not None and (workdir / "debug").is_dir():
             publish_folder(workdir / "debug", debug_dir)
+            files = sum(1 for _ in debug_dir.rglob("*") if _.is_file())
+            log.info(f"calibration debug output ({files} file(s)) written to {debug_dir}")
         if config.save_ranges is not None:
             # A run that calibrated nothing passes the file's provenance on.
             method, samples = calibrator_cls.PLUGIN_NAME, result.samples if result else 0

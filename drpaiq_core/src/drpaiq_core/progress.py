@@ -1,14 +1,30 @@
 """Progress on stderr for long work (images calibrated, tensors searched).
 
-tqdm draws the bar (done/total, rate, time left); ``quiet`` silences it.
+tqdm draws the bar (done/total, rate, time left); ``quiet`` silences it. With ``-v``
+each stage of a run also logs how long it took (:func:`timed`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+
+#: Log level between INFO and DEBUG: what ``drpaiq -v`` adds (the stages' times).
+DETAIL = 15
+
+
+@contextlib.contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Log at :data:`DETAIL` how long the ``with`` block (one stage of a run) took,
+    when it finishes without an error."""
+    start = time.perf_counter()
+    yield
+    logging.getLogger("drpaiq").log(DETAIL, f"{stage}: {time.perf_counter() - start:.2f} s")
 
 
 def progress(

@@ -109,7 +109,8 @@ def write_report(
         tensors[name] = entry
     document = {"method": method, "settings": dict(settings), "tensors": tensors}
     write_text(debug_dir / REPORT_NAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
-    log.info("calibration debug output for %d tensors written to %s", len(tensors), debug_dir)
+    # The core stages this folder and names the user's folder once it is published.
+    log.debug("calibration debug output for %d tensors staged in %s", len(tensors), debug_dir)
 
 
 def _figure_class() -> Any:
