@@ -106,7 +106,7 @@ def entropy_num_bins(options: Mapping[str, Any], num_quantized_bins: int) -> int
         options,
         "num_bins",
         histogram.DEFAULT_NUM_BINS,
-        low=1,
+        low=16,
         high=histogram.MAX_BINS,
         why="the histogram's memory grows with it; drpaiq's default is "
         f"{histogram.DEFAULT_NUM_BINS}",
