@@ -426,3 +426,52 @@ def test_samples_reference_command_lines(tmp_path, monkeypatch):
             "--norm_mean [0, 0, 0] --norm_std [1, 1, 1]"
         )
         assert result.exit_code == 0, result.stderr
+
+
+def test_negative_norm_values_as_bare_numbers(workdir):
+    """A list whose first value is negative, as several words or comma-joined, is a
+    value and not an option name: the same model as the bracketed form."""
+    forms = {
+        "words.onnx": ["-0.5", "-0.25", "-0.5"],
+        "commas.onnx": ["-0.5,-0.25,-0.5"],
+        "brackets.onnx": ["[-0.5, -0.25, -0.5]"],
+    }
+    for out, mean in forms.items():
+        result = drpaiq(
+            "-q",
+            "quantize",
+            "modA_resnet18.onnx",
+            "-o",
+            out,
+            "--norm_mean",
+            *mean,
+            "--norm_std",
+            "1",
+            "1",
+            "1",
+        )
+        assert result.exit_code == 0, result.stderr
+    first = (workdir / "words.onnx").read_bytes()
+    assert all((workdir / out).read_bytes() == first for out in forms)
+
+
+def test_verbose_times_each_stage_and_debug_dir_is_named(workdir):
+    """-v adds one line per stage with its time; the debug folder's info line names
+    the folder the user gave (not the staging folder, gone after the run)."""
+    argv = ["quantize", "modA_resnet18.onnx", "-o", "q.onnx", "-cm", "entropy"]
+    norm = ["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1"]
+    plain = drpaiq(*argv, *norm, "--debug-dir", "dbg")
+    assert plain.exit_code == 0, plain.stderr
+    assert "detail:" not in plain.stderr
+    files = sum(1 for p in (workdir / "dbg").rglob("*") if p.is_file())
+    assert f"calibration debug output ({files} file(s)) written to dbg" in plain.stderr
+    assert "drpaiq-" not in plain.stderr  # no temporary folder named
+    verbose = drpaiq("-v", *argv, *norm)
+    assert verbose.exit_code == 0, verbose.stderr
+    stages = [
+        line.split(": ")[2]
+        for line in verbose.stderr.splitlines()
+        if line.startswith("drpaiq: detail: ")
+    ]
+    expected = ["load", "pre-process", "select", "calibrate", "plan", "emit and verify", "write"]
+    assert stages == expected, verbose.stderr

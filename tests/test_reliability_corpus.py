@@ -605,7 +605,7 @@ CASES = [
     Case(
         "two-different-models",
         fixed(*q("--input_model_path", "other.onnx")),
-        ("'m.onnx'", "the model is given once"),
+        ("two models given", "m.onnx", "--input_model_path other.onnx"),
     ),
     # Where the output goes.
     Case("output-is-a-folder", fixed(*q()[:4], "cal", *q()[5:]), ("cal", "is a folder")),

@@ -40,8 +40,8 @@ def _image_options(dataset_help: str) -> Callable[[Callable[..., Any]], Callable
         click.option(
             "--nhwc", "nhwc", is_flag=True, help="Channels-last input (nhwc_image reader)."
         ),
-        click.option("--norm_mean", "norm_mean", metavar="[R,G,B]", help="Per-channel mean."),
-        click.option("--norm_std", "norm_std", metavar="[R,G,B]", help="Per-channel std."),
+        click.option("--norm_mean", "norm_mean", metavar="R G B", help="Per-channel mean."),
+        click.option("--norm_std", "norm_std", metavar="R G B", help="Per-channel std."),
         click.option(
             "--batch-size",
             "batch_size",

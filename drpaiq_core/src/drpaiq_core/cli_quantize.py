@@ -86,8 +86,12 @@ def join_list_values(args: list[str], names: tuple[str, ...]) -> list[str]:
 
 
 def _is_option_word(word: str) -> bool:
-    """Whether a command-line word is an option name (negative numbers are not)."""
-    return word.startswith("-") and len(word) > 1 and not _is_number_word(word)
+    """Whether a command-line word is an option name: negative numbers are not, nor
+    is a list of numbers that :func:`join_list_values` joined (``"-0.5 -0.5 -0.5"``)."""
+    if not word.startswith("-") or len(word) < 2:
+        return False
+    parts = [part for part in re.split(r"[\s,\[\]()]+", word) if part]
+    return not parts or not all(_is_number_word(part) for part in parts)
 
 
 #: Options of the ``drpaiq`` group itself, often misplaced after the command.
@@ -452,14 +456,14 @@ def _activation_type(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option(
     "--norm_mean",
     "norm_mean",
-    metavar="[R,G,B]",
-    help="Per-channel mean subtracted from pixel/255, e.g. [0.485, 0.456, 0.406].",
+    metavar="R G B",
+    help="Per-channel mean subtracted from pixel/255, e.g. 0.485 0.456 0.406.",
 )
 @click.option(
     "--norm_std",
     "norm_std",
-    metavar="[R,G,B]",
-    help="Per-channel std divided after the mean, e.g. [0.229, 0.224, 0.225].",
+    metavar="R G B",
+    help="Per-channel std divided after the mean, e.g. 0.229 0.224 0.225.",
 )
 @click.option("--skip_preprocess", "skip_preprocess", is_flag=True, help="Skip pre-processing.")
 @click.option(

@@ -606,7 +606,7 @@ def reader_from_file(
     if config.norm_mean is None or config.norm_std is None:
         raise UserError(
             "--datareader_path readers are constructed with --norm_mean and --norm_std; "
-            "give both (e.g. --norm_mean [0.485,0.456,0.406] --norm_std [0.229,0.224,0.225])"
+            "give both (e.g. --norm_mean 0.485 0.456 0.406 --norm_std 0.229 0.224 0.225)"
         )
     dataset = str(context.dataset)
     mean, std = list(config.norm_mean), list(config.norm_std)

@@ -382,7 +382,7 @@ def parse_number_list(value: Any, what: str) -> tuple[float, ...]:
             numbers.append(float(part.strip().strip("[]()")))
         except ValueError:
             raise UserError(
-                f"{what}: {part!r} is not a number; write e.g. {what} [0.485,0.456,0.406]"
+                f"{what}: {part!r} is not a number; write e.g. {what} 0.485 0.456 0.406"
             ) from None
     if not numbers:
         raise UserError(f"{what} needs numbers, e.g. {what} [0.485,0.456,0.406]")
