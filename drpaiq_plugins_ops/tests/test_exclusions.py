@@ -344,7 +344,7 @@ def test_spreadsheet_csv_padding_and_quotes(tmp_path, yolo) -> None:
     text = '"Softplus","Tanh","^Mul",,\r\n,,,,\r\nMish,,,,\r\n'
     path = _csv(tmp_path, text)
     assert _patterns(yolo, path) == {
-        "rules.csv:1 '\"Softplus\",\"Tanh\",\"^Mul\",,'": ["sp1", "th1"],
+        'rules.csv:1 \'"Softplus","Tanh","^Mul",,\'': ["sp1", "th1"],
         "rules.csv:3 'Mish,,,,'": ["mish_op"],
     }
 
