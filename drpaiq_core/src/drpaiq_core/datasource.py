@@ -61,11 +61,13 @@ def warn_user(message: str) -> None:
     Readers warn while a progress bar is drawn; tqdm's external write mode lifts the
     bars off the line first, so the warning gets a line of its own.
     """
-    tqdm_module = sys.modules.get("tqdm")
-    if tqdm_module is None:
+    from drpaiq_core.progress import bar_class
+
+    bars = bar_class()
+    if bars is None:
         log.warning(message)
         return
-    with tqdm_module.tqdm.external_write_mode(file=sys.stderr):
+    with bars.external_write_mode(file=sys.stderr):
         log.warning(message)
 
 

@@ -10,12 +10,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 #: Log level between INFO and DEBUG: what ``drpaiq -v`` adds (the stages' times).
 DETAIL = 15
+
+
+def bar_class() -> Any | None:
+    """tqdm's bar class when tqdm is imported (so bars may be on screen), else None.
+
+    Another thread may be importing tqdm at this moment: the module is then in
+    ``sys.modules`` but not yet filled, and counts as not imported.
+    """
+    import sys
+
+    return getattr(sys.modules.get("tqdm"), "tqdm", None)
 
 
 @contextlib.contextmanager
