@@ -529,11 +529,12 @@ def test_an_interrupt_says_which_outputs_were_already_written(work, capsys):
 
     write_module.reset_written()
     cli._interrupted(KeyboardInterrupt())
-    assert capsys.readouterr().err == "drpaiq: interrupted; no output was written\n"
+    assert capsys.readouterr().err == "\rdrpaiq: interrupted; no output was written\n"
     write_module.write_text(work / "s.json", "{}")
     assert cli._interrupted(cli.Terminated()) == 143
     assert capsys.readouterr().err == (
-        f"drpaiq: terminated after writing {work / 's.json'} (complete); nothing else was written\n"
+        f"\rdrpaiq: terminated after writing {work / 's.json'} (complete); "
+        "nothing else was written\n"
     )
     write_module.reset_written()
 

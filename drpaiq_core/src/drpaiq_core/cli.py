@@ -20,8 +20,8 @@ import click
 
 from drpaiq_core import __version__
 from drpaiq_core.errors import UserError
-from drpaiq_core.plugins import PluginHost, get_plugin_host
-from drpaiq_core.progress import DETAIL
+from drpaiq_core.plugins import BUILTIN_DISTRIBUTIONS, PluginHost, PluginInfo, get_plugin_host
+from drpaiq_core.progress import DETAIL, bar_class
 from drpaiq_core.write import reset_written, written_files
 
 log = logging.getLogger("drpaiq")
@@ -54,11 +54,10 @@ class _OneLineHandler(logging.Handler):
         else:
             level = "debug"
         line = f"drpaiq: {level}: {record.getMessage()}"
-        if "tqdm" in sys.modules:
+        bars = bar_class()
+        if bars is not None:
             # Print above an active progress bar instead of through it.
-            from tqdm import tqdm
-
-            tqdm.write(line, file=sys.stderr)
+            bars.write(line, file=sys.stderr)
         else:
             click.echo(line, err=True)
 
@@ -92,14 +91,16 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     (130 for Ctrl-C, 143 for SIGTERM)."""
     what = "terminated" if isinstance(exc, Terminated) else "interrupted"
     written = written_files()
+    # From the start of the line: a signal that lands while a progress bar is being
+    # drawn leaves the bar's text without its closing carriage return.
     if written:
         names = ", ".join(str(path) for path in written)
         click.echo(
-            f"drpaiq: {what} after writing {names} (complete); nothing else was written",
+            f"\rdrpaiq: {what} after writing {names} (complete); nothing else was written",
             err=True,
         )
     else:
-        click.echo(f"drpaiq: {what}; no output was written", err=True)
+        click.echo(f"\rdrpaiq: {what}; no output was written", err=True)
     return Terminated.exit_code if isinstance(exc, Terminated) else 130
 
 
@@ -210,11 +211,18 @@ def _add_plugin_commands(cli: click.Group, host: PluginHost | None) -> None:
                 f"{', '.join(scratch.commands) or 'nothing'}"
             )
         except Exception as exc:
-            log.warning(f"plugin {impl.plugin_name!r} failed to add commands: {exc}")
+            info = target.plugins.get(impl.plugin_name)
+            target._broken(impl.plugin_name, info.distribution if info else "?", exc)
+            target._drop(impl.plugin_name)
             continue
         for name, command in scratch.commands.items():
             if name in before or name in cli.commands:
-                log.warning(f"plugin {impl.plugin_name!r} command {name!r} is already taken")
+                info = target.plugins.get(impl.plugin_name)
+                log.warning(
+                    f"plugin {impl.plugin_name!r} from {info.distribution if info else '?'}: "
+                    f"its command {name!r} is skipped, drpaiq already has a command of that "
+                    "name; give the plugin's command another name"
+                )
                 continue
             cli.add_command(command, name)
     cli.context_settings["obj"] = target
@@ -252,6 +260,10 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 def _main(argv: list[str] | None, prog_name: str) -> None:
     reset_written()
+    # Before the plugins load: their warnings are one line like every other. The
+    # group's own options (-q, -v) set the level again once they are parsed.
+    configure_logging(quiet=False, verbose=0)
+    cli: click.Group | None = None
     try:
         # Inside the try: plugin loading may raise a UserError, and a Ctrl-C while the
         # plugins import must not end in a traceback either.
@@ -280,6 +292,18 @@ def _main(argv: list[str] | None, prog_name: str) -> None:
             raise
         text = str(exc).strip()
         detail = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        host = cli.context_settings.get("obj") if cli is not None else None
+        culprit = _plugin_at_fault(exc, host) if isinstance(host, PluginHost) else None
+        if culprit is not None:
+            info, where = culprit
+            click.echo(
+                f"drpaiq: error: internal error in plugin {info.name!r} from "
+                f"{info.distribution} ({detail}, at {where}); this is a bug in that plugin: "
+                f"rerun with -vv for the traceback and report it, or disable the plugin "
+                f"with DRPAIQ_BLOCK_PLUGINS={info.name}",
+                err=True,
+            )
+            sys.exit(INTERNAL_ERROR)
         click.echo(
             f"drpaiq: error: internal error ({detail}); this is a bug "
             "in drpaiq or a plugin: rerun with -vv for the traceback and report it",
@@ -287,3 +311,19 @@ def _main(argv: list[str] | None, prog_name: str) -> None:
         )
         sys.exit(INTERNAL_ERROR)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _plugin_at_fault(exc: BaseException, host: PluginHost) -> tuple[PluginInfo, str] | None:
+    """The external plugin whose code raised ``exc`` (the innermost frame of the
+    traceback that belongs to a loaded plugin's package) and ``file:line`` there; None
+    when no external plugin's code is on the traceback (then drpaiq is at fault)."""
+    import os.path
+    import traceback
+
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        module = str(frame.f_globals.get("__name__", ""))
+        info = host.owner_of(module) if module else None
+        if info is not None and info.distribution not in BUILTIN_DISTRIBUTIONS:
+            found = (info, f"{os.path.basename(frame.f_code.co_filename)}:{line}")
+    return found
