@@ -313,6 +313,8 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         )
     if loaded is not None:
         summary.notes.append(_loaded_note(loaded, selection.range_tensors, needed))
+    for remark, nodes in selection.notes.items():
+        summary.notes.append(f"{remark}: {len(nodes)} node(s), e.g. {nodes[0]}")
     if config.save_ranges is not None:
         summary.notes.append(f"ranges of {len(known)} tensor(s) saved to {config.save_ranges}")
     if config.exclude_suggested and diagnosis is not None:

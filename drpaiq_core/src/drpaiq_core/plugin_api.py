@@ -272,7 +272,8 @@ class NodeQuantSpec:
         there, for this node only, so the input gets a finer step at no cost: a
         residual ``Add`` followed by ReLU6 with a ``[0, 6]`` skip input needs its other
         input only over ``[-6, 6]``.
-    :ivar note: a short remark for the summary.
+    :ivar note: a short remark for the summary: one line per op type and remark,
+        ``Softplus (a lookup table on DRP-AI): 3 node(s), e.g. body/softplus``.
     """
 
     activations: tuple[int, ...] = ()

@@ -18,11 +18,12 @@ Environment switches:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -107,6 +108,11 @@ class Registry(Generic[T]):
             self._entries = self._host._collect(self.kind, self._key)
         return self._entries
 
+    def forget(self, plugin: str) -> None:
+        """Drop what plugin ``plugin`` registered here (when it is skipped later)."""
+        if self._entries is not None:
+            self._entries = {k: e for k, e in self._entries.items() if e.plugin.name != plugin}
+
     def entries(self) -> list[Entry[T]]:
         """Every registered entry, sorted by name (each class once)."""
         seen: dict[int, Entry[T]] = {}
@@ -179,8 +185,16 @@ class PluginHost:
     # -- loading ---------------------------------------------------------------
 
     def register(self, plugin: object, name: str, distribution: str = "(local)") -> None:
-        """Register a plugin object (module or instance with hook implementations)."""
+        """Register a plugin object (module or instance with hook implementations), with
+        the check an entry point gets: a misspelled hook name is a :class:`PluginError`
+        (nothing is kept)."""
         self.pm.register(plugin, name=name)
+        try:
+            _check_known_hooks(self.pm, plugin)
+        except Exception as exc:
+            if self.pm.get_plugin(name) is not None:
+                self.pm.unregister(name=name)
+            raise PluginError(f"plugin {name!r}: {_one_line(exc)}") from exc
         self.plugins[name] = PluginInfo(name, distribution, "", getattr(plugin, "__name__", name))
 
     def load(self) -> None:
@@ -192,31 +206,72 @@ class PluginHost:
             return
         only = _split_env(ENV_ONLY)
         blocked = _split_env(ENV_BLOCK) or set()
-        for ep in sorted(_entry_points(), key=lambda ep: ep.name):
-            dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
+        # Built-in distributions first: an external entry point that reuses one of their
+        # names is the one skipped.
+        for ep in sorted(_entry_points(), key=_load_order):
+            dist = _distribution(ep)
             version = ep.dist.version if ep.dist is not None else ""
             if ep.name in blocked or dist in blocked:
                 continue
             if only is not None and dist not in BUILTIN_DISTRIBUTIONS and ep.name not in only:
                 continue
             if ep.name in self.plugins:
+                first = self.plugins[ep.name]
+                if (first.distribution, first.module) != (dist, ep.value):
+                    self._broken(
+                        ep.name,
+                        dist,
+                        PluginError(
+                            f"the entry point name {ep.name!r} is already used by "
+                            f"{first.distribution} ({first.module}); give the plugin "
+                            "another name in its entry point"
+                        ),
+                        block_hint=False,
+                    )
                 continue
             try:
                 module = ep.load()
                 self.pm.register(module, name=ep.name)
                 _check_known_hooks(self.pm, module)
             except Exception as exc:  # a broken plugin must not take the host down
+                # pluggy keeps the hooks it registered before one failed validation:
+                # a plugin reported as skipped must contribute nothing.
+                with contextlib.suppress(Exception):
+                    if self.pm.get_plugin(ep.name) is not None:
+                        self.pm.unregister(name=ep.name)
                 self._broken(ep.name, dist, exc)
                 continue
             self.plugins[ep.name] = PluginInfo(ep.name, dist, version, ep.value)
 
-    def _broken(self, name: str, dist: str, exc: BaseException) -> None:
+    def _broken(self, name: str, dist: str, exc: BaseException, *, block_hint: bool = True) -> None:
+        """Report a plugin that is skipped: one warning, also kept in :attr:`broken`."""
+        kind = "" if isinstance(exc, PluginError) else f"{type(exc).__name__}: "
         message = (
-            f"plugin {name!r} from {dist} failed to load and is skipped: "
-            f"{type(exc).__name__}: {_one_line(exc)} (disable it with {ENV_BLOCK}={name})"
+            f"plugin {name!r} from {dist} failed to load and is skipped: {kind}{_one_line(exc)}"
         )
+        if block_hint:
+            message += f" (disable it with {ENV_BLOCK}={name})"
         self.broken.append(message)
         log.warning(message)
+
+    def _drop(self, name: str) -> None:
+        """Take plugin ``name`` out entirely (a plugin reported as skipped must
+        contribute nothing): its hooks, its listing, and what registries already hold
+        of it."""
+        with contextlib.suppress(Exception):
+            if self.pm.get_plugin(name) is not None:
+                self.pm.unregister(name=name)
+        self.plugins.pop(name, None)
+        for registry in self.iter_registry():
+            registry.forget(name)
+
+    def owner_of(self, module_name: str) -> PluginInfo | None:
+        """The loaded plugin whose package holds the module ``module_name``, or None."""
+        top = module_name.split(".", 1)[0]
+        for info in self.plugins.values():
+            if info.module.split(":", 1)[0].split(".", 1)[0] == top:
+                return info
+        return None
 
     def _collect(self, kind: str, key: Callable[[type[T]], Iterable[str]]) -> dict[str, Entry[T]]:
         self.load()
@@ -237,9 +292,12 @@ class PluginHost:
             found: list[type[T]] = []
             try:
                 impl.function(found.append)
+                for cls in found:
+                    _check_class(kind, cls)
                 keyed = [(cls, list(key(cls))) for cls in found]
             except Exception as exc:
                 self._broken(info.name, info.distribution, exc)
+                self._drop(info.name)
                 continue
             self.trace(
                 f"{hook_name} of plugin {info.name!r} ({info.distribution}) registered "
@@ -300,6 +358,59 @@ def _plugin_names(cls: type[Any]) -> list[str]:
     if not isinstance(name, str) or not name:
         raise PluginError(f"{cls.__module__}.{cls.__qualname__} declares no PLUGIN_NAME")
     return [name, *getattr(cls, "ALIASES", ())]
+
+
+#: The base class each kind of registered class must derive from.
+_BASES: dict[str, type[Any]] = {
+    "reader": Reader,
+    "calibrator": Calibrator,
+    "op quantizer": OpQuantizer,
+    "exclusion matcher": ExclusionMatcher,
+}
+
+
+def _check_class(kind: str, cls: Any) -> None:
+    """Refuse what a register hook passed unless it is a concrete subclass of the
+    kind's base class with well-formed declarations: tuples of names (a missing comma
+    in ``OP_TYPES = ("Softplus")`` would register the op types s, o, f, ...) and a
+    mapping of ``OPTIONS``. The message names the class and says what to fix."""
+    import inspect
+
+    base = _BASES[kind]
+    if not isinstance(cls, type):
+        raise PluginError(
+            f"its {kind} hook registered {cls!r}, not a class; pass the class itself "
+            f"(register({type(cls).__name__}), not an instance)"
+        )
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not issubclass(cls, base):
+        raise PluginError(
+            f"{where} was registered as a {kind} but is not a subclass of "
+            f"drpaiq_core.plugin_api.{base.__name__}"
+        )
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise PluginError(f"{where} does not implement {missing}")
+    for attribute in ("OP_TYPES", "ALIASES"):
+        value = getattr(cls, attribute, ())
+        if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+            raise PluginError(
+                f"{where}.{attribute} must be a tuple of names, e.g. ({value!r},) with the "
+                f"comma; got {value!r}"
+            )
+    options = getattr(cls, "OPTIONS", {})
+    if not isinstance(options, Mapping):
+        raise PluginError(
+            f"{where}.OPTIONS must map each option name to its help text; got {options!r}"
+        )
+
+
+def _load_order(ep: Any) -> tuple[bool, str, str]:
+    return (_distribution(ep) not in BUILTIN_DISTRIBUTIONS, ep.name, _distribution(ep))
+
+
+def _distribution(ep: Any) -> str:
+    return str(ep.dist.name) if ep.dist is not None else "(unknown distribution)"
 
 
 def _closest(name: str, candidates: Iterable[str]) -> list[str]:

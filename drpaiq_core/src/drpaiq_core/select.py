@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 
+from drpaiq_core.errors import PluginError
 from drpaiq_core.graph import ModelGraph
 from drpaiq_core.plugin_api import (
     BiasSpec,
     ExclusionRules,
     MatchReport,
     NodeQuantSpec,
+    OpQuantizer,
     QuantOptions,
     TensorRef,
 )
-from drpaiq_core.plugins import PluginHost
+from drpaiq_core.plugins import Entry, PluginHost
 
 log = logging.getLogger("drpaiq")
 
@@ -63,6 +66,8 @@ class Selection:
     :ivar skip_qdq: narrowed tensors that get no QuantizeLinear/DequantizeLinear pair.
     :ivar fused_adds: Add node -> (the MatMul it completes, the bias constant that
         becomes the MatMul's int32 bias).
+    :ivar notes: an op quantizer's remark (``NodeQuantSpec.note``, with the op type) ->
+        the quantized nodes it was made for.
     """
 
     chosen: dict[str, NodeChoice] = field(default_factory=dict)
@@ -73,6 +78,7 @@ class Selection:
     narrowed: dict[str, str] = field(default_factory=dict)
     skip_qdq: set[str] = field(default_factory=set)
     fused_adds: dict[str, tuple[str, str]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
 
 def run_exclusions(
@@ -83,7 +89,7 @@ def run_exclusions(
     reports: list[tuple[str, MatchReport]] = []
     for entry in host.exclusion_matchers.entries():
         matcher = entry.cls()
-        for report in matcher.match(graph, rules):
+        for report in _checked_reports(entry, matcher.match(graph, rules), graph):
             reports.append((entry.name, report))
             if not report.nodes:
                 log.warning(f"exclusion rule {report.rule} matched no node")
@@ -92,6 +98,67 @@ def run_exclusions(
             for name in report.nodes:
                 excluded.setdefault(name, f"excluded by {report.rule}")
     return excluded, reports
+
+
+def _checked_reports(entry: Entry[Any], found: Any, graph: ModelGraph) -> list[MatchReport]:
+    """A matcher's reports, refused with a :class:`PluginError` naming the plugin unless
+    they are :class:`MatchReport` objects naming nodes of the model (a report counted
+    as "matched 1 node" that excludes nothing would mislead the user)."""
+    plugin = entry.plugin
+    where = f"exclusion matcher {entry.name!r} (plugin {plugin.name!r} from {plugin.distribution})"
+    if found is None or isinstance(found, str | bytes | MatchReport):
+        raise PluginError(f"{where}: match() must return a list of MatchReport, got {found!r}")
+    reports = list(found)
+    for report in reports:
+        if not isinstance(report, MatchReport):
+            raise PluginError(f"{where}: match() returned {report!r}, not a MatchReport")
+        if isinstance(report.nodes, str) or not all(isinstance(n, str) for n in report.nodes):
+            raise PluginError(
+                f"{where}: rule {report.rule!r} reports nodes={report.nodes!r}; give a list "
+                "of node names"
+            )
+        unknown = [n for n in report.nodes if graph.node_by_name(n) is None]
+        if unknown:
+            raise PluginError(
+                f"{where}: rule {report.rule!r} names {len(unknown)} node(s) the model does "
+                f"not have, e.g. {unknown[0]!r}"
+            )
+    return reports
+
+
+def _checked_spec(
+    spec: Any, node: onnx.NodeProto, quantizer_cls: type[OpQuantizer], host: PluginHost
+) -> NodeQuantSpec | None:
+    """An op quantizer's answer, refused with a :class:`PluginError` naming the plugin
+    unless it is None or a :class:`NodeQuantSpec` whose indices exist on the node."""
+    if spec is None:
+        return None
+    entry = next((e for e in host.op_quantizers.entries() if e.cls is quantizer_cls), None)
+    plugin = f" (plugin {entry.plugin.name!r} from {entry.plugin.distribution})" if entry else ""
+    where = f"op quantizer {quantizer_cls.PLUGIN_NAME!r}{plugin}, node {node.name!r}"
+    if not isinstance(spec, NodeQuantSpec):
+        raise PluginError(
+            f"{where}: quantize_node() must return a NodeQuantSpec or None, got "
+            f"{type(spec).__name__}"
+        )
+    checks = [
+        ("activations", spec.activations, len(node.input)),
+        ("weights", tuple(spec.weights), len(node.input)),
+        ("outputs", spec.outputs, len(node.output)),
+    ]
+    for field_name, indices, count in checks:
+        if isinstance(indices, int) or not all(isinstance(i, int) for i in indices):
+            raise PluginError(
+                f"{where}: NodeQuantSpec.{field_name} must be a tuple of indices, got {indices!r}"
+            )
+        bad = [i for i in indices if not 0 <= i < count]
+        if bad:
+            side = "output" if field_name == "outputs" else "input"
+            raise PluginError(
+                f"{where}: NodeQuantSpec.{field_name} has index {bad[0]}, but the "
+                f"{node.op_type} node has {count} {side}(s)"
+            )
+    return spec
 
 
 def _resolve(node: onnx.NodeProto, ref: TensorRef) -> str:
@@ -121,7 +188,9 @@ def select(
             selection.float_nodes[node.name] = f"no op quantizer for {node.op_type}"
             continue
         quantizer = quantizer_cls()
-        spec = quantizer.quantize_node(node, graph, options)
+        spec = _checked_spec(
+            quantizer.quantize_node(node, graph, options), node, quantizer_cls, host
+        )
         if spec is None:
             selection.float_nodes[node.name] = quantizer.float_reason(node, graph)
             continue
@@ -130,6 +199,8 @@ def select(
             selection.float_nodes[node.name] = "no float tensor to quantize"
             continue
         selection.chosen[node.name] = choice
+        if spec.note:
+            selection.notes.setdefault(f"{node.op_type} ({spec.note})", []).append(node.name)
     _fuse_bias_adds(graph, selection)
     _narrow_activations(graph, selection, options)
     _collect_tensors(graph, selection)
