@@ -507,6 +507,7 @@ from drpaiq_core.plugin_api import ExclusionMatcher, Reader
 
 class AlphaReader(Reader):
     PLUGIN_NAME = "alpha_frames"
+    OPTIONS = {"alpha_gain": "gain the alpha reader applies (default 1)"}
 
     def __len__(self):
         return 0
@@ -573,9 +574,14 @@ def test_drpaiq_plugins_prints_a_table_and_warns_once_per_broken_plugin(alpha_si
         switches=isolating_env(only=("alpha", "broken", "typo")),
     )
     assert result.returncode == 0, result.stderr
-    header, row = result.stdout.splitlines()
+    header, row, blank, title, option = result.stdout.splitlines()
     assert header.split() == ["plugin", "distribution", "version", "registers"]
     assert row.split()[:3] == ["alpha", "drpaiq-test-alpha", "1.2.3"]
+    assert (blank, title) == (
+        "",
+        "advanced options of plugins (KEY VALUE after the other options):",
+    )
+    assert option == "  alpha_gain (alpha): gain the alpha reader applies (default 1)"
     assert row.endswith("reader: alpha_frames; exclusion matcher: alpha_tail")
     # One line per broken plugin, each naming plugin, distribution, error and the fix.
     for name, dist, error in [
@@ -606,6 +612,7 @@ def test_drpaiq_plugins_json_lists_plugins_and_broken_ones(alpha_site: Path) -> 
             "distribution": "drpaiq-test-alpha",
             "version": "1.2.3",
             "registers": {"reader": ["alpha_frames"], "exclusion matcher": ["alpha_tail"]},
+            "options": {"alpha_gain": "gain the alpha reader applies (default 1)"},
         }
     ]
     [broken] = listing["broken"]

@@ -150,12 +150,19 @@ def build_cli(host: PluginHost | None = None) -> click.Group:
     def plugins_command(state: AppState, as_json: bool) -> None:
         """List installed plugins and what each registers."""
         state.host.load_all()
+        # The advanced options each plugin's classes read, with their help.
+        options: dict[str, dict[str, str]] = {}
+        for registry in state.host.iter_registry():
+            for entry in registry.entries():
+                for key, text in dict(getattr(entry.cls, "OPTIONS", {}) or {}).items():
+                    options.setdefault(entry.plugin.name, {}).setdefault(str(key), str(text))
         rows = [
             {
                 "name": info.name,
                 "distribution": info.distribution,
                 "version": info.version,
                 "registers": {kind: sorted(names) for kind, names in info.registers.items()},
+                "options": dict(sorted(options.get(info.name, {}).items())),
             }
             for info in sorted(state.host.plugins.values(), key=lambda i: i.name)
         ]
@@ -184,6 +191,15 @@ def build_cli(host: PluginHost | None = None) -> click.Group:
         widths = [max(len(str(r[i])) for r in [headers, *table]) for i in range(3)]
         for row in [headers, *table]:
             click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+        declared = [
+            (key, info.name, text)
+            for info in sorted(state.host.plugins.values(), key=lambda i: i.name)
+            for key, text in sorted(options.get(info.name, {}).items())
+        ]
+        if declared:
+            click.echo("\nadvanced options of plugins (KEY VALUE after the other options):")
+            for key, name, text in declared:
+                click.echo(f"  {key} ({name}): {text}")
 
     from drpaiq_core.cli_evaluate import compare_command, evaluate_command
     from drpaiq_core.cli_quantize import quantize_command
