@@ -91,6 +91,10 @@ def test_drpaiq_plugins_json_finds_the_example_through_its_entry_point(installed
         "distribution": "drpaiq-example-plugin",
         "version": "0.1.0",
         "registers": {"exclusion matcher": ["yolov5_postprocess"]},
+        "options": {
+            "exclude_preset": "exclusion presets, comma separated; yolov5: "
+            "YOLOv5's box-decoding tail"
+        },
     }
     assert not [line for line in listing["broken"] if "example" in line]
 

@@ -331,10 +331,27 @@ def test_output_external_data_goes_next_to_the_output(work, monkeypatch):
     onnx.checker.check_model(onnx.load(str(work / "result" / "q.onnx")))
     # Into the current folder too (onnx checks its location relative to that folder,
     # where the reserved temporary data file once made it refuse to write).
-    outcome = run_inprocess([*q(model="wide.onnx")[:4], "here.onnx", *q()[5:]])
+    args = [*q(model="wide.onnx")[:4], "here.onnx", *q()[5:], "--summary-json", "s.json"]
+    outcome = run_inprocess(args)
     assert outcome.code == 0, outcome.stderr
     assert (work / "here.onnx.data").is_file()
     np.testing.assert_array_equal(run_model(work / "here.onnx", feed)[0], inline[0])
+    # The size counts the data file too.
+    sizes = json.loads((work / "s.json").read_text())
+    on_disk = (work / "here.onnx").stat().st_size + (work / "here.onnx.data").stat().st_size
+    assert sizes["size_after"] == on_disk
+
+
+def test_write_model_leaves_the_model_as_it_was(tmp_path):
+    """The weights move out one tensor at a time and come back from the written file."""
+    classifier(tmp_path / "wide.onnx", classes=300)
+    model = onnx.load(str(tmp_path / "wide.onnx"))
+    before = model.SerializeToString(deterministic=True)
+    write_module.write_model(model, tmp_path / "out.onnx", external_data="w.bin", size_threshold=0)
+    assert model.SerializeToString(deterministic=True) == before
+    written = onnx.load(str(tmp_path / "out.onnx"))
+    for mine, theirs in zip(model.graph.initializer, written.graph.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(mine), numpy_helper.to_array(theirs))
 
 
 # -- point 2: atomic writes, file modes, unwritable destinations --------------------------

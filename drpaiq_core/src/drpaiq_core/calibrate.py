@@ -284,7 +284,7 @@ class ActivationRunner:
         import onnxruntime
         from onnx import numpy_helper
 
-        shell = _shell(model)
+        shell = shell_of(model)
         names: list[str] = []
         values: list[onnxruntime.OrtValue] = []
         for init in model.graph.initializer:
@@ -321,7 +321,7 @@ class ActivationRunner:
         )
         folder = Path(self._tempdir.name)
         data_name = "augmented.onnx.data"
-        shell = _shell(model)
+        shell = shell_of(model)
         with open(folder / data_name, "wb") as data:
             for init in model.graph.initializer:
                 tensor = shell.graph.initializer.add()
@@ -689,7 +689,7 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize() for t in tensors)
 
 
-def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
+def shell_of(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` without its initializers (everything else is copied)."""
     import onnx
 

@@ -93,13 +93,42 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         )
     if not model_inputs(model):
         raise UserError(f"model {model_path} has no inputs; nothing to calibrate with")
+    from drpaiq_core.write import EXTERNAL_DATA_THRESHOLD, proto_bytes
+
     try:
-        onnx.checker.check_model(model, full_check=False)
+        if proto_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(model, full_check=False)
+        else:
+            # Over protobuf's 2 GB limit the checker cannot take the model from
+            # memory; from the file it reads the graph and checks the data files.
+            onnx.checker.check_model(str(model_path), full_check=False)
     except Exception as exc:
         first = first_line(exc)
         raise UserError(f"model {model_path} is not a valid ONNX model: {first}") from None
     _check_finite_weights(model, model_path)
     return model
+
+
+def model_files(path: Path) -> list[Path]:
+    """The model file and the external data files it names (those that exist), in the
+    order they first appear; only the model's graph is read, not its weights."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    files = [path]
+    try:
+        shell = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return files
+    for tensor in _get_all_tensors(shell):
+        if not uses_external_data(tensor):
+            continue
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                data = path.parent / entry.value
+                if data not in files and data.is_file():
+                    files.append(data)
+    return files
 
 
 def _check_names(model: onnx.ModelProto, model_path: Path) -> None:

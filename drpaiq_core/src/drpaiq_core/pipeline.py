@@ -96,7 +96,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     from drpaiq_core.prepare import prepare
     from drpaiq_core.ranges_file import file_sha256, ranges_document, read_ranges
     from drpaiq_core.select import select
-    from drpaiq_core.verify import verify
+    from drpaiq_core.verify import verify, verify_file
     from drpaiq_core.write import check_output_path, publish_folder, write_model, write_text
 
     host = host or get_plugin_host()
@@ -260,9 +260,12 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
                 selection, plan, correction = exclude(diagnosis.suggested)
         with timed("emit and verify"):
             quantized = emit(model, plan)
-            verify(quantized)
+            checked = verify(quantized)
         with timed("write"):
             write_model(quantized, output_path)
+        if not checked:
+            with timed("verify the written model"):
+                verify_file(output_path)
         if preprocessed is not None and config.preprocessed_model_output is not None:
             _publish_preprocessed(preprocessed, Path(config.preprocessed_model_output))
         if debug_dir is not None and (workdir / "debug").is_dir():
@@ -387,14 +390,25 @@ def _publish_preprocessed(source: Path, target: Path) -> None:
     """Write the pre-processed model to ``-pmo``'s path, once the run has succeeded
     (with its external data file beside it, when it has one)."""
     import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    from drpaiq_core.write import copy_file, write_model
+    from drpaiq_core.write import copy_file, write_bytes
 
-    if (source.parent / f"{source.name}.data").exists():
-        # Rewritten so that the data file is named after the target, as for any model.
-        write_model(onnx.load(str(source)), target)
-    else:
+    data = source.parent / f"{source.name}.data"
+    if not data.exists():
         copy_file(source, target)
+        return
+    # The data file is copied as it is (not loaded: it may be several GB) and named
+    # after the target, as for any model; the data file is in place before the model.
+    name = f"{target.name}.data"
+    shell = onnx.load(str(source), load_external_data=False)
+    for tensor in _get_all_tensors(shell):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = name
+    copy_file(data, target.parent / name)
+    write_bytes(target, shell.SerializeToString(deterministic=True))
 
 
 def _debug_dir(config: QuantizeConfig) -> Path | None:
@@ -439,21 +453,62 @@ def _check_distinct_outputs(config: QuantizeConfig, debug_dir: Path | None) -> N
 
 def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference; where it fails, go on with what it could infer
-    (calibration observes the remaining shapes) and say so."""
+    (calibration observes the remaining shapes) and say so.
+
+    A model over protobuf's 2 GB limit cannot be handed to the inference as it is: it
+    runs on a copy whose large weights keep their shape but not their values, and the
+    inferred types are copied back."""
     import onnx
 
+    from drpaiq_core.write import EXTERNAL_DATA_THRESHOLD, proto_bytes
+
+    large = proto_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+    source = _weightless(model) if large else model
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(source, strict_mode=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         log.info(
             f"shape inference failed ({type(exc).__name__}: {first}); continuing with "
             "shapes observed during calibration"
         )
-    try:
-        return onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        return model
+        try:
+            inferred = onnx.shape_inference.infer_shapes(source)
+        except Exception:
+            return model
+    if not large:
+        return inferred
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for mine, found in zip(model.graph.output, inferred.graph.output, strict=True):
+        mine.CopyFrom(found)
+    return model
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` for shape inference: initializers of 1 MiB or more keep their
+    name, type and shape but hold no values (marked as external data that is never
+    read); the others, which may be shapes a Reshape needs, are copied whole."""
+    import onnx
+
+    from drpaiq_core.calibrate import shell_of
+
+    light = shell_of(model)
+    for init in model.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        if count * itemsize < 1 << 20:
+            light.graph.initializer.append(init)
+            continue
+        empty = light.graph.initializer.add()
+        empty.name, empty.data_type = init.name, init.data_type
+        empty.dims.extend(init.dims)
+        empty.data_location = onnx.TensorProto.EXTERNAL
+        entry = empty.external_data.add()
+        entry.key, entry.value = "location", "not-read"
+    return light
 
 
 def _op_type(model: onnx.ModelProto, name: str) -> str:
@@ -461,6 +516,11 @@ def _op_type(model: onnx.ModelProto, name: str) -> str:
 
 
 def _file_size(path: Path) -> int:
-    with contextlib.suppress(OSError):
-        return path.stat().st_size
-    return 0
+    """The bytes of a model on disk: its file and the external data files it names."""
+    from drpaiq_core.load import model_files
+
+    total = 0
+    for file in model_files(path):
+        with contextlib.suppress(OSError):
+            total += file.stat().st_size
+    return total

@@ -3,6 +3,8 @@ an ONNX Runtime session that loads it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -27,15 +29,37 @@ def check_parameters(model: onnx.ModelProto) -> None:
             )
 
 
-def verify(model: onnx.ModelProto) -> None:
-    """onnx.checker plus an ONNX Runtime session built from the serialized model."""
+def verify(model: onnx.ModelProto) -> bool:
+    """onnx.checker plus an ONNX Runtime session built from the serialized model.
+
+    :returns: False when the model is too large to check in memory (over protobuf's
+        2 GB): check the written file with :func:`verify_file` instead.
+    """
+    from drpaiq_core.write import EXTERNAL_DATA_THRESHOLD, proto_bytes
+
     check_parameters(model)
+    if proto_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
+        return False
     try:
         onnx.checker.check_model(model, full_check=False)
     except Exception as exc:
         raise UserError(f"internal check failed: the quantized model is invalid: {exc}") from None
-    if model.ByteSize() >= 2_000_000_000:
-        return  # too large to hand over in memory; the written file is checked instead
+    _open_session(model.SerializeToString())
+    return True
+
+
+def verify_file(path: Path) -> None:
+    """onnx.checker and an ONNX Runtime session on a written model (with its external
+    data beside it)."""
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:
+        first = first_line(exc)
+        raise UserError(f"internal check failed: the quantized model is invalid: {first}") from None
+    _open_session(str(path))
+
+
+def _open_session(source: bytes | str) -> None:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -43,7 +67,7 @@ def verify(model: onnx.ModelProto) -> None:
     # ONNX Runtime's own log lines would be a second, differently formatted report.
     options.log_severity_level = 4
     try:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = first_line(exc)
         raise UserError(

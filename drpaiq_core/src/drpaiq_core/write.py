@@ -163,6 +163,15 @@ def publish_folder(staging: Path, target: Path) -> None:
         copy_file(source, destination)
 
 
+def proto_bytes(model: onnx.ModelProto) -> int:
+    """The model's serialized size; at least ``2**31`` when it is over protobuf's 2 GB
+    limit (protobuf then cannot even count it and raises instead)."""
+    try:
+        return int(model.ByteSize())
+    except Exception:
+        return 2**31
+
+
 def write_model(
     model: onnx.ModelProto,
     target: Path,
@@ -173,46 +182,65 @@ def write_model(
     """Serialize ``model`` to ``target`` atomically; large models get their weights in
     ``<target name>.data`` beside it (also written atomically, before the model).
 
+    The weights are moved out one tensor at a time and put back from the written file
+    afterwards, so a model of several GB is not held twice in memory; ``model`` is the
+    same afterwards.
+
     :param external_data: write the weights of ``size_threshold`` bytes or more to this
         file beside ``target`` whatever the model's size (a file name, not a path).
     :param size_threshold: see ``external_data``.
     """
-    if external_data is None and model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+    if external_data is None and proto_bytes(model) < EXTERNAL_DATA_THRESHOLD:
         write_bytes(target, model.SerializeToString(deterministic=True))
         return
-    import onnx
-    from onnx.external_data_helper import convert_model_to_external_data
+    from onnx import TensorProto
 
     data_name = external_data or f"{target.name}.data"
     threshold = size_threshold if external_data is not None else 1024
-    data_target = target.parent / data_name
-    with atomic_path(data_target) as tmp_data:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        # onnx refuses a location that exists, and checks it relative to the current
-        # folder: the reserved temporary file must go while onnx writes it anew.
-        tmp_data.unlink()
-        convert_model_to_external_data(
-            copy, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=threshold
-        )
-        staging = tmp_data.parent / f".{target.name}.staging.onnx"
+    moved: list[tuple[onnx.TensorProto, int, int, bool]] = []
+    with atomic_path(target.parent / data_name) as tmp_data:
+        with open(tmp_data, "wb") as data:
+            for tensor in _internal_tensors(model):
+                raw = tensor.raw_data  # read once: for a big tensor, a big copy
+                if len(raw) < threshold:
+                    continue
+                # 4 KiB alignment lets ONNX Runtime map the weights in place.
+                offset = -(-data.tell() // 4096) * 4096
+                data.seek(offset)
+                data.write(raw)
+                moved.append((tensor, offset, len(raw), tensor.HasField("data_location")))
+                del raw
+                tensor.ClearField("raw_data")
+                tensor.data_location = TensorProto.EXTERNAL
+                for key, value in (
+                    ("location", data_name),
+                    ("offset", str(offset)),
+                    ("length", str(moved[-1][2])),
+                ):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
         try:
-            onnx.save_model(copy, str(staging))
+            shell = model.SerializeToString(deterministic=True)
         finally:
-            with contextlib.suppress(OSError):
-                staging.unlink()
-        tmp_data.touch()  # no tensor over the threshold: an empty data file
-    for tensor in _external_tensors(copy):
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = data_name
-    with atomic_path(target) as tmp_model:
-        tmp_model.write_bytes(copy.SerializeToString(deterministic=True))
+            # Put the weights back, read from the data file just written.
+            with open(tmp_data, "rb") as data:
+                for tensor, offset, length, had_location in moved:
+                    data.seek(offset)
+                    tensor.raw_data = data.read(length)
+                    if had_location:
+                        tensor.data_location = TensorProto.DEFAULT
+                    else:
+                        tensor.ClearField("data_location")
+                    del tensor.external_data[:]
+    # The data file is in place before the model that points at it.
+    write_bytes(target, shell)
 
 
-def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+def _internal_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model (initializers and node attributes, subgraphs too)
+    that holds its data in ``raw_data``."""
+    from onnx.external_data_helper import _get_all_tensors
 
     for tensor in _get_all_tensors(model):
-        if uses_external_data(tensor):
+        if tensor.HasField("raw_data"):
             yield tensor
