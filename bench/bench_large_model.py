@@ -197,14 +197,7 @@ def main() -> int:
                 str(CALIBRATE),
                 "--size-limit",
                 str(args.images),
-                "--norm_mean",
-                "0",
-                "0",
-                "0",
-                "--norm_std",
-                "1",
-                "1",
-                "1",
+                *["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1"],
             )
         }
         theirs = work / "large_ort.onnx"

@@ -5,9 +5,7 @@ plugin reported as skipped contributes nothing."""
 from __future__ import annotations
 
 import json
-import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,19 +27,6 @@ from tests._plugin_helpers import (
     write_distribution,
     write_reader_distribution,
 )
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A folder on ``sys.path`` for throwaway distributions (forgotten afterwards)."""
-    path = tmp_path / "site"
-    path.mkdir()
-    monkeypatch.syspath_prepend(str(path))
-    yield path
-    for name, module in list(sys.modules.items()):
-        if (getattr(module, "__file__", None) or "").startswith(str(path)):
-            del sys.modules[name]
-
 
 # -- registration --------------------------------------------------------------------
 
@@ -253,14 +238,7 @@ def _quantize_with(tmp_path: Path, host_plugin: object) -> tuple[int, str, Path]
             str(tmp_path / "q.onnx"),
             "--calibrate_dataset",
             str(tmp_path / "cal"),
-            "--norm_mean",
-            "0",
-            "0",
-            "0",
-            "--norm_std",
-            "1",
-            "1",
-            "1",
+            *NORM,
             "--summary-json",
             str(tmp_path / "s.json"),
         ],
@@ -331,6 +309,9 @@ def drpaiq_register_calibrators(register):
 """
 
 
+#: The normalization every run here uses.
+NORM = ["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1"]
+
 NO_COMMANDS = """
 from drpaiq_core import hookimpl
 
@@ -375,14 +356,7 @@ def test_load_warnings_are_one_line_and_a_plugins_bug_is_named(tmp_path: Path) -
         "cal",
         "-cm",
         "crashing",
-        "--norm_mean",
-        "0",
-        "0",
-        "0",
-        "--norm_std",
-        "1",
-        "1",
-        "1",
+        *NORM,
         pythonpath=[site],
         switches=switches,
         cwd=tmp_path,
