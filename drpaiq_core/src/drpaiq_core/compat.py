@@ -187,7 +187,9 @@ def do_preprocess(
     return preprocess_model(
         source,
         target,
-        **steps,
+        symbolic_shape_inference=steps["symbolic_shape_inference"],
+        onnx_shape_inference=steps["onnx_shape_inference"],
+        optimization=steps["optimization"],
         mode=preprocess_mode,
         verbose=verbosity,
         extra=kwargs,

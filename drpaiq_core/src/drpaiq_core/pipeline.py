@@ -374,7 +374,6 @@ def _preprocessed(
 ) -> tuple[onnx.ModelProto, Path | None]:
     """The model after ONNX Runtime's quantization pre-processing (or as loaded), and
     the file it was pre-processed into (in ``workdir``; None without pre-processing)."""
-    import onnx
 
     from drpaiq_core.preprocess import preprocess_model, preprocess_settings
 
@@ -382,8 +381,11 @@ def _preprocessed(
     if settings is None:
         return original, None
     target = workdir / "preprocessed.onnx"
-    preprocess_model(Path(input_path), target, **settings)
-    return onnx.load(str(target)), target
+    loaded: list[onnx.ModelProto] = []
+    # The file is needed only to publish it (-pmo) at the end.
+    keep = config.preprocessed_model_output is not None
+    preprocess_model(Path(input_path), target, **settings, loaded=loaded, write=keep)
+    return loaded[0], target if keep else None
 
 
 def _publish_preprocessed(source: Path, target: Path) -> None:

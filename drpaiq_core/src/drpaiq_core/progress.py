@@ -31,11 +31,27 @@ def bar_class() -> Any | None:
 
 @contextlib.contextmanager
 def timed(stage: str) -> Iterator[None]:
-    """Log at :data:`DETAIL` how long the ``with`` block (one stage of a run) took,
-    when it finishes without an error."""
+    """Log at :data:`DETAIL` how long the ``with`` block (one stage of a run) took and
+    the process's peak memory so far, when it finishes without an error."""
     start = time.perf_counter()
     yield
-    logging.getLogger("drpaiq").log(DETAIL, f"{stage}: {time.perf_counter() - start:.2f} s")
+    seconds = time.perf_counter() - start
+    peak = _peak_rss_mb()
+    memory = f", peak memory so far {peak:,.0f} MB" if peak else ""
+    logging.getLogger("drpaiq").log(DETAIL, f"{stage}: {seconds:.2f} s{memory}")
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory in MB (0 where the platform cannot tell)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    import sys
+
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def progress(
