@@ -87,7 +87,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     :raises UserError: for any problem with what the user gave; nothing is written then.
     """
     from drpaiq_core.bias_correction import DEFAULT_SAMPLES, correct_biases
-    from drpaiq_core.calibrate import calibrate
+    from drpaiq_core.calibrate import calibrate, shell_of
     from drpaiq_core.datasource import open_reader
     from drpaiq_core.emit import emit
     from drpaiq_core.graph import ModelGraph
@@ -143,12 +143,16 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         raise UserError(f"debug folder {debug_dir} is a file; give a folder path")
 
     with timed("load"):
-        original = load_model(input_path)
-    opset_before = default_opset(original)
+        # The model loaded whole for the checks; kept only for a run without
+        # pre-processing (which reads the file again), as `held`, a one-item list.
+        held = [load_model(input_path)]
+    opset_before = default_opset(held[0])
+    # What the reader needs of the model: its inputs, not its weights.
+    graph_only = shell_of(held[0])
 
     @functools.cache
     def data() -> Reader:
-        return open_reader(config, host, original, input_path)
+        return open_reader(config, host, graph_only, input_path)
 
     @functools.cache
     def model_sha256() -> str:
@@ -162,7 +166,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     with tempfile.TemporaryDirectory(prefix="drpaiq-") as workdir_name:
         workdir = Path(workdir_name)
         with timed("pre-process"):
-            model, preprocessed = _preprocessed(config, input_path, original, workdir)
+            model, preprocessed = _preprocessed(config, input_path, held, workdir)
             model = prepare(model, per_channel=options.per_channel)
             model = _with_shapes(model)
         with timed("select"):
@@ -370,16 +374,22 @@ def _reported_already() -> Iterator[None]:
 
 
 def _preprocessed(
-    config: QuantizeConfig, input_path: Path, original: onnx.ModelProto, workdir: Path
+    config: QuantizeConfig, input_path: Path, held: list[onnx.ModelProto], workdir: Path
 ) -> tuple[onnx.ModelProto, Path | None]:
     """The model after ONNX Runtime's quantization pre-processing (or as loaded), and
-    the file it was pre-processed into (in ``workdir``; None without pre-processing)."""
+    the file it was pre-processed into (in ``workdir``; None without pre-processing).
 
+    :param held: the loaded model, as the only item of a list that this function
+        empties: pre-processing reads the model file again, so the loaded copy is let go
+        first (a model of several GB would otherwise be held once more throughout).
+    """
     from drpaiq_core.preprocess import preprocess_model, preprocess_settings
 
+    original = held.pop()
     settings = preprocess_settings(config)
     if settings is None:
         return original, None
+    del original
     target = workdir / "preprocessed.onnx"
     loaded: list[onnx.ModelProto] = []
     # The file is needed only to publish it (-pmo) at the end.
