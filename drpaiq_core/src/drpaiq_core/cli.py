@@ -228,8 +228,7 @@ def _add_plugin_commands(cli: click.Group, host: PluginHost | None) -> None:
             )
         except Exception as exc:
             info = target.plugins.get(impl.plugin_name)
-            target._broken(impl.plugin_name, info.distribution if info else "?", exc)
-            target._drop(impl.plugin_name)
+            target.skip(impl.plugin_name, info.distribution if info else "?", exc)
             continue
         for name, command in scratch.commands.items():
             if name in before or name in cli.commands:

@@ -192,8 +192,7 @@ class PluginHost:
         try:
             _check_known_hooks(self.pm, plugin)
         except Exception as exc:
-            if self.pm.get_plugin(name) is not None:
-                self.pm.unregister(name=name)
+            self._drop(name)
             raise PluginError(f"plugin {name!r}: {_one_line(exc)}") from exc
         self.plugins[name] = PluginInfo(name, distribution, "", getattr(plugin, "__name__", name))
 
@@ -234,12 +233,8 @@ class PluginHost:
                 self.pm.register(module, name=ep.name)
                 _check_known_hooks(self.pm, module)
             except Exception as exc:  # a broken plugin must not take the host down
-                # pluggy keeps the hooks it registered before one failed validation:
-                # a plugin reported as skipped must contribute nothing.
-                with contextlib.suppress(Exception):
-                    if self.pm.get_plugin(ep.name) is not None:
-                        self.pm.unregister(name=ep.name)
-                self._broken(ep.name, dist, exc)
+                # pluggy keeps the hooks it registered before one failed validation.
+                self.skip(ep.name, dist, exc)
                 continue
             self.plugins[ep.name] = PluginInfo(ep.name, dist, version, ep.value)
 
@@ -253,6 +248,12 @@ class PluginHost:
             message += f" (disable it with {ENV_BLOCK}={name})"
         self.broken.append(message)
         log.warning(message)
+
+    def skip(self, name: str, dist: str, exc: BaseException) -> None:
+        """Skip plugin ``name`` (from distribution ``dist``) because of ``exc``: one
+        warning, and the plugin contributes nothing from now on."""
+        self._broken(name, dist, exc)
+        self._drop(name)
 
     def _drop(self, name: str) -> None:
         """Take plugin ``name`` out entirely (a plugin reported as skipped must
@@ -296,8 +297,7 @@ class PluginHost:
                     _check_class(kind, cls)
                 keyed = [(cls, list(key(cls))) for cls in found]
             except Exception as exc:
-                self._broken(info.name, info.distribution, exc)
-                self._drop(info.name)
+                self.skip(info.name, info.distribution, exc)
                 continue
             self.trace(
                 f"{hook_name} of plugin {info.name!r} ({info.distribution}) registered "

@@ -133,13 +133,20 @@ def _checked_spec(
     unless it is None or a :class:`NodeQuantSpec` whose indices exist on the node."""
     if spec is None:
         return None
-    entry = next((e for e in host.op_quantizers.entries() if e.cls is quantizer_cls), None)
-    plugin = f" (plugin {entry.plugin.name!r} from {entry.plugin.distribution})" if entry else ""
-    where = f"op quantizer {quantizer_cls.PLUGIN_NAME!r}{plugin}, node {node.name!r}"
+
+    def refuse(problem: str) -> PluginError:
+        # Which plugin registered the class is looked up only for the message.
+        entry = next((e for e in host.op_quantizers.entries() if e.cls is quantizer_cls), None)
+        plugin = (
+            f" (plugin {entry.plugin.name!r} from {entry.plugin.distribution})" if entry else ""
+        )
+        return PluginError(
+            f"op quantizer {quantizer_cls.PLUGIN_NAME!r}{plugin}, node {node.name!r}: {problem}"
+        )
+
     if not isinstance(spec, NodeQuantSpec):
-        raise PluginError(
-            f"{where}: quantize_node() must return a NodeQuantSpec or None, got "
-            f"{type(spec).__name__}"
+        raise refuse(
+            f"quantize_node() must return a NodeQuantSpec or None, got {type(spec).__name__}"
         )
     checks = [
         ("activations", spec.activations, len(node.input)),
@@ -148,15 +155,13 @@ def _checked_spec(
     ]
     for field_name, indices, count in checks:
         if isinstance(indices, int) or not all(isinstance(i, int) for i in indices):
-            raise PluginError(
-                f"{where}: NodeQuantSpec.{field_name} must be a tuple of indices, got {indices!r}"
-            )
+            raise refuse(f"NodeQuantSpec.{field_name} must be a tuple of indices, got {indices!r}")
         bad = [i for i in indices if not 0 <= i < count]
         if bad:
             side = "output" if field_name == "outputs" else "input"
-            raise PluginError(
-                f"{where}: NodeQuantSpec.{field_name} has index {bad[0]}, but the "
-                f"{node.op_type} node has {count} {side}(s)"
+            raise refuse(
+                f"NodeQuantSpec.{field_name} has index {bad[0]}, but the {node.op_type} node "
+                f"has {count} {side}(s)"
             )
     return spec
 
