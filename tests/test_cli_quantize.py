@@ -475,3 +475,28 @@ def test_verbose_times_each_stage_and_debug_dir_is_named(workdir):
     ]
     expected = ["load", "pre-process", "select", "calibrate", "plan", "emit and verify", "write"]
     assert stages == expected, verbose.stderr
+
+
+def test_initializers_listed_as_inputs_are_not_fed(workdir):
+    """An export with keep_initializers_as_inputs=True lists every weight as a graph
+    input too; the reader feeds only the real input, as for the same model without."""
+    model = onnx.load("modA_resnet18.onnx")
+    listed = {value.name for value in model.graph.input}
+    for init in model.graph.initializer:
+        if init.name not in listed:
+            model.graph.input.append(
+                onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
+    onnx.save(model, "kiai.onnx")
+    norm = ["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1"]
+    result = drpaiq("-q", "quantize", "kiai.onnx", "-o", "q.onnx", *norm)
+    assert result.exit_code == 0, result.stderr
+    plain = drpaiq("-q", "quantize", "modA_resnet18.onnx", "-o", "plain.onnx", *norm)
+    assert plain.exit_code == 0, plain.stderr
+    feed = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
+
+    def run(path: str) -> np.ndarray:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": feed})[0]
+
+    np.testing.assert_array_equal(run("q.onnx"), run("plain.onnx"))

@@ -147,8 +147,13 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         # pre-processing (which reads the file again), as `held`, a one-item list.
         held = [load_model(input_path)]
     opset_before = default_opset(held[0])
-    # What the reader needs of the model: its inputs, not its weights.
+    # What the reader needs of the model: its inputs, not its weights. Graph inputs
+    # that are initializers (keep_initializers_as_inputs exports) are not inputs.
     graph_only = shell_of(held[0])
+    weights = {init.name for init in held[0].graph.initializer}
+    fed = [value for value in graph_only.graph.input if value.name not in weights]
+    del graph_only.graph.input[:]
+    graph_only.graph.input.extend(fed)
 
     @functools.cache
     def data() -> Reader:
