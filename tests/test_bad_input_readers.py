@@ -61,6 +61,28 @@ def quantize(*args: str, reader: str | None = None):
 # -- the model and the output ---------------------------------------------------
 
 
+def test_float16_model_is_refused(work):
+    """A model exported after .half(): refused in one line instead of written with its
+    float16 weights behind QuantizeLinear nodes."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load("m.onnx")
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype("float16"), init.name)
+            )
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.save(model, "half.onnx")
+    fails(
+        quantize("half.onnx", "-o", "out.onnx", "--calibrate_dataset", "cal", *NORM),
+        "half.onnx is a float16 model",
+        "export the model in float32",
+    )
+    untouched(work)
+
+
 def test_missing_model(work):
     fails(quantize("nope.onnx", "-o", "out.onnx", *NORM), "nope.onnx", "does not exist")
     untouched(work)

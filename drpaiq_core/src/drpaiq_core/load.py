@@ -93,6 +93,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         )
     if not model_inputs(model):
         raise UserError(f"model {model_path} has no inputs; nothing to calibrate with")
+    _refuse_half_precision(model, model_path)
     from drpaiq_core.write import EXTERNAL_DATA_THRESHOLD, proto_bytes
 
     try:
@@ -129,6 +130,33 @@ def model_files(path: Path) -> list[Path]:
                 if data not in files and data.is_file():
                     files.append(data)
     return files
+
+
+def _refuse_half_precision(model: onnx.ModelProto, model_path: Path) -> None:
+    """Refuse a float16/bfloat16 model (``model.half()`` before export): its weights
+    and activations are not the float32 tensors drpaiq quantizes, and ONNX Runtime's
+    pre-processing wraps them in Casts, so the result would keep half-precision weights
+    behind a QuantizeLinear (a larger file, no int8 weights)."""
+    from onnx import TensorProto
+
+    half = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
+    weights = {init.name for init in model.graph.initializer}
+    found = [
+        (f"input {value.name!r}", half[value.type.tensor_type.elem_type])
+        for value in model.graph.input
+        if value.name not in weights and value.type.tensor_type.elem_type in half
+    ]
+    found += [
+        (f"weight {init.name!r}", half[init.data_type])
+        for init in model.graph.initializer
+        if init.data_type in half
+    ]
+    if found:
+        what, kind = found[0]
+        raise UserError(
+            f"model {model_path} is a {kind} model ({what} is {kind}); drpaiq quantizes "
+            "float32 models: export the model in float32 (without .half()) and quantize that"
+        )
 
 
 def _check_names(model: onnx.ModelProto, model_path: Path) -> None:
