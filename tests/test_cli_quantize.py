@@ -500,3 +500,45 @@ def test_initializers_listed_as_inputs_are_not_fed(workdir):
         return session.run(None, {"input": feed})[0]
 
     np.testing.assert_array_equal(run("q.onnx"), run("plain.onnx"))
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_opset10_resize_keeps_its_coordinates(workdir, mode):
+    """Raising an opset-10 model to 13 must not move its Resize by half a pixel (the
+    version converter and ONNX Runtime's pre-processing leave opset 11's half_pixel
+    default in place): the pre-processed model and the per-tensor prepared one compute
+    what the original computes."""
+    from drpaiq_core.prepare import upgrade_opset
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Resize", ["c", "scales"], ["y"], mode=mode, name="resize"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 12, 12])],
+        [
+            numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32), "scales"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)])
+    onnx.save(model, "r10.onnx")
+    feed = rng.random((2, 3, 8, 8)).astype(np.float32)
+
+    def run(source) -> np.ndarray:
+        data = source if isinstance(source, bytes) else str(source)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": feed})[0]
+
+    reference = run(workdir / "r10.onnx")
+    norm = ["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1"]
+    result = drpaiq("-q", "quantize", "r10.onnx", "-o", "q.onnx", "-pmo", "pre.onnx", *norm)
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_allclose(run(workdir / "pre.onnx"), reference, atol=1e-5)
+    raised = upgrade_opset(onnx.load("r10.onnx"), 13)
+    np.testing.assert_allclose(run(raised.SerializeToString()), reference, atol=1e-5)

@@ -87,8 +87,46 @@ def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> on
             f"per-channel quantization needs ({type(exc).__name__}: {str(exc)[:200]}); "
             "re-export the model with opset 13, or pass --per-tensor"
         ) from None
+    keep_legacy_resize(model, converted)
     log.info(f"opset raised from {current} to {target} (per-channel quantization needs it)")
     return converted
+
+
+def keep_legacy_resize(before: onnx.ModelProto, after: onnx.ModelProto) -> int:
+    """Give the Resize nodes of ``after`` that were opset-10 Resize (or Upsample) nodes
+    in ``before`` the coordinates they had there; the number of nodes changed.
+
+    Opset 10 sampled at ``x_out / scale`` and, for ``nearest``, took the floor. From
+    opset 11 on the defaults are ``half_pixel`` and ``round_prefer_floor``, and the
+    version converter (ONNX Runtime's pre-processing too) leaves them unset: a bilinear
+    upsampling then moved by half a pixel (an export's output went 11.6 dB away from
+    itself before any quantization). ``asymmetric`` and ``floor`` give the same values
+    as opset 10, exactly."""
+    from onnx import helper
+
+    if default_opset(before) >= 11:
+        return 0
+    legacy = {
+        node.output[0]
+        for node in before.graph.node
+        if node.op_type in ("Resize", "Upsample") and node.domain in ("", "ai.onnx") and node.output
+    }
+    changed = 0
+    for node in after.graph.node:
+        if node.op_type != "Resize" or not node.output or node.output[0] not in legacy:
+            continue
+        names = {attr.name for attr in node.attribute}
+        mode = next(
+            (helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b""
+        )
+        if "coordinate_transformation_mode" not in names:
+            node.attribute.append(
+                helper.make_attribute("coordinate_transformation_mode", "asymmetric")
+            )
+        if mode in (b"nearest", "nearest", b"") and "nearest_mode" not in names:
+            node.attribute.append(helper.make_attribute("nearest_mode", "floor"))
+        changed += 1
+    return changed
 
 
 def fold_batch_norms(model: onnx.ModelProto) -> int:

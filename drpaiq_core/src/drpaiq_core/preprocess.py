@@ -155,6 +155,11 @@ def preprocess_model(
         except Exception as exc:
             raise _failure(exc) from None
         _drop_unused_domains(model, _declared_domains(input_path))
+        # ONNX Runtime raises an opset-10 model to 11 without keeping its Resize's
+        # coordinates (see keep_legacy_resize).
+        from drpaiq_core.prepare import keep_legacy_resize
+
+        keep_legacy_resize(onnx.load(str(input_path), load_external_data=False), model)
         if not write:
             pass
         elif external_data is None:
