@@ -542,3 +542,48 @@ def test_opset10_resize_keeps_its_coordinates(workdir, mode):
     np.testing.assert_allclose(run(workdir / "pre.onnx"), reference, atol=1e-5)
     raised = upgrade_opset(onnx.load("r10.onnx"), 13)
     np.testing.assert_allclose(run(raised.SerializeToString()), reference, atol=1e-5)
+
+
+def test_a_training_mode_export_gets_a_warning(workdir):
+    """BatchNormalization with its running statistics as outputs (an export in training
+    mode) normalizes with batch statistics: the run says to re-export after eval()."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    channels = 4
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (channels, 3, 3, 3)).astype(np.float32), "w"),
+        *(
+            numpy_helper.from_array(value.astype(np.float32), name)
+            for name, value in [
+                ("gamma", np.ones(channels)),
+                ("beta", np.zeros(channels)),
+                ("mean", np.zeros(channels)),
+                ("var", np.ones(channels)),
+            ]
+        ),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node(
+            "BatchNormalization",
+            ["c", "gamma", "beta", "mean", "var"],
+            ["y", "running_mean", "running_var"],
+            name="bn",
+            training_mode=1,
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 8, 8])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), "bn.onnx")
+    norm = ["--norm_mean", "0", "0", "0", "--norm_std", "1", "1", "1"]
+    result = drpaiq("quantize", "bn.onnx", "-o", "q.onnx", "--skip_preprocess", *norm)
+    assert result.exit_code == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "training mode" in line]
+    assert len(warned) == 1, result.stderr
+    assert "'bn'" in warned[0] and "model.eval()" in warned[0]

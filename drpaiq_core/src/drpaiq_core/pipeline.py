@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from drpaiq_core.bias_correction import BiasCorrectionReport
     from drpaiq_core.diagnose import Diagnosis
+    from drpaiq_core.graph import ModelGraph
     from drpaiq_core.plan import QuantPlan
     from drpaiq_core.plugin_api import Reader, TensorRange
     from drpaiq_core.ranges_file import LoadedRanges
@@ -177,6 +178,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
         with timed("select"):
             graph = ModelGraph(model)
             selection = select(host, graph, rules, options)
+        _warn_if_training_mode(graph)
         known: dict[str, TensorRange] = {}
         if loaded is not None:
             loaded.check_names(graph)
@@ -347,6 +349,25 @@ def _applied_note(diagnosis: Diagnosis) -> str:
         f"exclude-suggested: left {len(diagnosis.suggested)} more node(s) in float, as "
         f"-exn {','.join(diagnosis.suggested)} ({gain:+.2f} dB on the diagnosis samples)"
     )
+
+
+def _warn_if_training_mode(graph: ModelGraph) -> None:
+    """Warn once when the model was exported in training mode: its BatchNormalization
+    nodes then normalize with each batch's own statistics (their running-mean and
+    running-variance outputs give it away), so the FP32 model itself is not the one to
+    deploy, quantized or not."""
+    training = [
+        node.name
+        for node in graph.nodes
+        if node.op_type == "BatchNormalization" and sum(1 for out in node.output if out) > 1
+    ]
+    if training:
+        log.warning(
+            f"{len(training)} BatchNormalization node(s) (e.g. {training[0]!r}) are in "
+            "training mode: they normalize with each batch's statistics, not the learned "
+            "ones, and stay float; re-export the model after model.eval() (torch.onnx.export "
+            "with training=TrainingMode.EVAL)"
+        )
 
 
 def _ranges_of(tensors: list[str], known: dict[str, TensorRange]) -> dict[str, TensorRange]:
