@@ -347,7 +347,7 @@ def test_write_model_leaves_the_model_as_it_was(tmp_path):
     classifier(tmp_path / "wide.onnx", classes=300)
     model = onnx.load(str(tmp_path / "wide.onnx"))
     before = model.SerializeToString(deterministic=True)
-    write_module.write_model(model, tmp_path / "out.onnx", external_data="w.bin", size_threshold=0)
+    write_module.write_model(model, tmp_path / "out.onnx", external=("w.bin", 0))
     assert model.SerializeToString(deterministic=True) == before
     written = onnx.load(str(tmp_path / "out.onnx"))
     for mine, theirs in zip(model.graph.initializer, written.graph.initializer, strict=True):

@@ -179,10 +179,7 @@ def do_preprocess(
         from drpaiq_core.write import check_output_path, write_model
 
         check_output_path(target, (source,))
-        if external is None:
-            write_model(model, target)
-        else:
-            write_model(model, target, external_data=external[0], size_threshold=external[1])
+        write_model(model, target, external=external)
         return target
     return preprocess_model(
         source,

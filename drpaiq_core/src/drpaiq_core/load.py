@@ -6,6 +6,7 @@ read only from inside the model's own folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,6 +131,15 @@ def model_files(path: Path) -> list[Path]:
                 if data not in files and data.is_file():
                     files.append(data)
     return files
+
+
+def model_bytes(path: Path) -> int:
+    """The bytes of a model on disk: its file and the external data files it names."""
+    total = 0
+    for file in model_files(path):
+        with contextlib.suppress(OSError):
+            total += file.stat().st_size
+    return total
 
 
 def _refuse_half_precision(model: onnx.ModelProto, model_path: Path) -> None:

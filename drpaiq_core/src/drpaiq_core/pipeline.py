@@ -92,7 +92,7 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
     from drpaiq_core.datasource import open_reader
     from drpaiq_core.emit import emit
     from drpaiq_core.graph import ModelGraph
-    from drpaiq_core.load import default_opset, load_model
+    from drpaiq_core.load import default_opset, load_model, model_bytes
     from drpaiq_core.plan import build_plan
     from drpaiq_core.prepare import prepare
     from drpaiq_core.ranges_file import file_sha256, ranges_document, read_ranges
@@ -310,8 +310,8 @@ def quantize(config: QuantizeConfig, host: PluginHost | None = None) -> Summary:
             name: (_op_type(model, name), reason) for name, reason in plan.float_nodes.items()
         },
         rules={report.rule: list(report.nodes) for _, report in selection.reports},
-        size_before=_file_size(input_path),
-        size_after=_file_size(output_path),
+        size_before=model_bytes(input_path),
+        size_after=model_bytes(output_path),
         opset=(opset_before, default_opset(quantized)),
         plan=plan,
         diagnosis=diagnosis,
@@ -551,14 +551,3 @@ def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _op_type(model: onnx.ModelProto, name: str) -> str:
     return next((node.op_type for node in model.graph.node if node.name == name), "?")
-
-
-def _file_size(path: Path) -> int:
-    """The bytes of a model on disk: its file and the external data files it names."""
-    from drpaiq_core.load import model_files
-
-    total = 0
-    for file in model_files(path):
-        with contextlib.suppress(OSError):
-            total += file.stat().st_size
-    return total

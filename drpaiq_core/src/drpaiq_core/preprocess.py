@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drpaiq_core.errors import UserError
+from drpaiq_core.load import model_bytes
 from drpaiq_core.options import option_bool
 from drpaiq_core.write import check_output_path, write_model
 
@@ -116,7 +117,7 @@ def preprocess_model(
     # Staged with external data from a modest size on: ONNX Runtime's pre-processing
     # then passes the weights between its steps as files instead of serialized protos
     # (a 0.5 GB model: 4.8 s instead of 8.3 s). The written model is the same either way.
-    big = _model_bytes(input_path) >= STAGE_EXTERNAL_BYTES
+    big = model_bytes(input_path) >= STAGE_EXTERNAL_BYTES
     # The staging folder sits beside the output so that the final rename stays on one
     # file system, and disappears even when the step fails.
     with tempfile.TemporaryDirectory(
@@ -154,30 +155,18 @@ def preprocess_model(
             model = onnx.load(str(staged))
         except Exception as exc:
             raise _failure(exc) from None
-        _drop_unused_domains(model, _declared_domains(input_path))
-        # ONNX Runtime raises an opset-10 model to 11 without keeping its Resize's
-        # coordinates (see keep_legacy_resize).
         from drpaiq_core.prepare import keep_legacy_resize
 
-        keep_legacy_resize(onnx.load(str(input_path), load_external_data=False), model)
-        if not write:
-            pass
-        elif external_data is None:
-            write_model(model, output_path)
-        else:
-            name, threshold = external_data
-            write_model(model, output_path, external_data=name, size_threshold=threshold)
+        source = onnx.load(str(input_path), load_external_data=False)  # its graph only
+        _drop_unused_domains(model, {entry.domain for entry in source.opset_import})
+        # ONNX Runtime raises an opset-10 model to 11 without keeping its Resize's
+        # coordinates (see keep_legacy_resize).
+        keep_legacy_resize(source, model)
+        if write:
+            write_model(model, output_path, external=external_data)
     if loaded is not None:
         loaded.append(model)
     return output_path
-
-
-def _declared_domains(path: Path) -> set[str]:
-    """The operator-set domains ``path`` declares (its weights are not read)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {entry.domain for entry in model.opset_import}
 
 
 def _drop_unused_domains(model: onnx.ModelProto, keep: set[str]) -> None:
@@ -302,28 +291,3 @@ def _failure(exc: BaseException) -> UserError:
 def _first_line(value: object) -> str:
     text = str(value).strip()
     return text.splitlines()[0][:300] if text else type(value).__name__
-
-
-def _model_bytes(path: Path) -> int:
-    """The model file's size plus any external data files beside it (an estimate that
-    decides whether the pre-processed model is saved with external data)."""
-    total = path.stat().st_size
-    try:
-        import onnx
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-        model = onnx.load(str(path), load_external_data=False)
-        locations = {
-            entry.value
-            for tensor in _get_all_tensors(model)
-            if uses_external_data(tensor)
-            for entry in tensor.external_data
-            if entry.key == "location"
-        }
-    except Exception:
-        return total
-    for location in locations:
-        candidate = path.parent / location
-        if candidate.is_file():
-            total += os.path.getsize(candidate)
-    return total

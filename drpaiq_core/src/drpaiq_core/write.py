@@ -176,8 +176,7 @@ def write_model(
     model: onnx.ModelProto,
     target: Path,
     *,
-    external_data: str | None = None,
-    size_threshold: int = 1024,
+    external: tuple[str, int] | None = None,
 ) -> None:
     """Serialize ``model`` to ``target`` atomically; large models get their weights in
     ``<target name>.data`` beside it (also written atomically, before the model).
@@ -186,17 +185,16 @@ def write_model(
     afterwards, so a model of several GB is not held twice in memory; ``model`` is the
     same afterwards.
 
-    :param external_data: write the weights of ``size_threshold`` bytes or more to this
-        file beside ``target`` whatever the model's size (a file name, not a path).
-    :param size_threshold: see ``external_data``.
+    :param external: ``(file name, size threshold)``: write the weights of that many
+        bytes or more to that file beside ``target`` (a file name, not a path), whatever
+        the model's size.
     """
-    if external_data is None and proto_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+    if external is None and proto_bytes(model) < EXTERNAL_DATA_THRESHOLD:
         write_bytes(target, model.SerializeToString(deterministic=True))
         return
     from onnx import TensorProto
 
-    data_name = external_data or f"{target.name}.data"
-    threshold = size_threshold if external_data is not None else 1024
+    data_name, threshold = external or (f"{target.name}.data", 1024)
     moved: list[tuple[onnx.TensorProto, int, int, bool]] = []
     with atomic_path(target.parent / data_name) as tmp_data:
         with open(tmp_data, "wb") as data:
